@@ -1,0 +1,102 @@
+"""langchain-multillm: every common way of running an LLM, as LangChain chat models.
+
+Public names load lazily (PEP 562), so ``import langchain_multillm`` imports no backend SDK or
+engine; ``from langchain_multillm import ChatLlamaCpp`` imports llama.cpp's module only when the
+model is first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from langchain_multillm.backends.llamacpp import ChatLlamaCpp, LlamaCpp
+    from langchain_multillm.backends.vllm_server import ChatVLLMServer, VLLMServer
+    from langchain_multillm.errors import (
+        AuthenticationError,
+        BackendError,
+        BackendTimeoutError,
+        BackendUnavailableError,
+        BadRequestError,
+        ContentFilteredError,
+        ContextWindowExceededError,
+        IncompleteResponseError,
+        InvalidInputError,
+        ModelNotFoundError,
+        MultiLLMError,
+        PermissionDeniedError,
+        RateLimitError,
+    )
+    from langchain_multillm.fit import FitReport, Limits
+    from langchain_multillm.health import HealthReport
+    from langchain_multillm.loader import load_chat_model
+
+__version__ = "0.1.0"
+
+_LAZY: dict[str, str] = {
+    "ChatLlamaCpp": "langchain_multillm.backends.llamacpp",
+    "LlamaCpp": "langchain_multillm.backends.llamacpp",
+    "ChatVLLMServer": "langchain_multillm.backends.vllm_server",
+    "VLLMServer": "langchain_multillm.backends.vllm_server",
+    "FitReport": "langchain_multillm.fit",
+    "Limits": "langchain_multillm.fit",
+    "HealthReport": "langchain_multillm.health",
+    "load_chat_model": "langchain_multillm.loader",
+    **{
+        name: "langchain_multillm.errors"
+        for name in (
+            "AuthenticationError",
+            "BackendError",
+            "BackendTimeoutError",
+            "BackendUnavailableError",
+            "BadRequestError",
+            "ContentFilteredError",
+            "ContextWindowExceededError",
+            "IncompleteResponseError",
+            "InvalidInputError",
+            "ModelNotFoundError",
+            "MultiLLMError",
+            "PermissionDeniedError",
+            "RateLimitError",
+        )
+    },
+}
+
+__all__ = [
+    "AuthenticationError",
+    "BackendError",
+    "BackendTimeoutError",
+    "BackendUnavailableError",
+    "BadRequestError",
+    "ChatLlamaCpp",
+    "ChatVLLMServer",
+    "ContentFilteredError",
+    "ContextWindowExceededError",
+    "FitReport",
+    "HealthReport",
+    "IncompleteResponseError",
+    "InvalidInputError",
+    "Limits",
+    "LlamaCpp",
+    "ModelNotFoundError",
+    "MultiLLMError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "VLLMServer",
+    "__version__",
+    "load_chat_model",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'langchain_multillm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,777 @@
+"""The surface every model of this package shares, and the call flow around the backends.
+
+A backend fills a few hooks; everything else (input checks, the fit check and its policy,
+retries, stream handling, health) is written once here:
+
+* limits: ``_fetch_limits`` / ``_afetch_limits`` (discovered once, then cached);
+* counting: ``_count_exact`` / ``_acount_exact`` (exact, may ask the server) and
+  ``_count_bound`` (a cheap proven upper bound, no I/O);
+* health: ``_health`` / ``_ahealth``;
+* chat: ``_chat`` / ``_achat`` / ``_chat_stream`` / ``_achat_stream`` taking a :class:`ChatRequest`;
+* completion: ``_complete`` / ``_acomplete`` / ``_complete_stream`` / ``_acomplete_stream``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import warnings
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForLLMRun,
+    CallbackManagerForLLMRun,
+)
+from langchain_core.language_models import BaseChatModel, BaseLLM, LangSmithParams
+from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    ChatMessage,
+    FunctionMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
+from langchain_core.outputs import (
+    ChatGenerationChunk,
+    ChatResult,
+    Generation,
+    GenerationChunk,
+    LLMResult,
+)
+from langchain_core.prompt_values import PromptValue
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+
+from langchain_multillm._retry import aretrying, retrying
+from langchain_multillm.errors import (
+    IncompleteResponseError,
+    InvalidInputError,
+    MultiLLMError,
+    MultiLLMWarning,
+)
+from langchain_multillm.fit import (
+    ContextOverflowPolicy,
+    FitReport,
+    Limits,
+    check_policy,
+    decide,
+    enforce,
+)
+from langchain_multillm.health import HealthReport, describe, down
+
+__all__ = ["ChatRequest", "CompletionRequest", "MultiLLMChatModel", "MultiLLMCompletionModel"]
+
+PromptInput = str | Sequence[BaseMessage] | PromptValue
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+
+
+@dataclass
+class Prompt:
+    """What is counted: raw text, or chat messages (with the tools bound to the call)."""
+
+    text: str | None = None
+    messages: list[BaseMessage] | None = None
+    tools: list[dict[str, Any]] | None = None
+
+
+@dataclass
+class ChatRequest:
+    """A validated chat call, ready for a backend."""
+
+    messages: list[BaseMessage]
+    params: dict[str, Any]
+    fit: FitReport
+    stream: bool = False
+    tools: list[dict[str, Any]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CompletionRequest:
+    """A validated completion call, ready for a backend."""
+
+    prompt: str
+    params: dict[str, Any]
+    fit: FitReport
+    stream: bool = False
+
+
+# ------------------------------------------------------------------ input checks
+
+
+def check_sampling(params: dict[str, Any]) -> None:
+    """Reject sampling settings out of range, naming the field (before any network call)."""
+    mt = params.get("max_tokens")
+    if mt is not None and (not isinstance(mt, int) or isinstance(mt, bool) or mt <= 0):
+        raise InvalidInputError("max_tokens", f"must be a positive integer or None; got {mt!r}")
+    t = params.get("temperature")
+    if t is not None and not (isinstance(t, (int, float)) and 0 <= t <= 2):
+        raise InvalidInputError("temperature", f"must be between 0 and 2; got {t!r}")
+    p = params.get("top_p")
+    if p is not None and not (isinstance(p, (int, float)) and 0 < p <= 1):
+        raise InvalidInputError("top_p", f"must be in (0, 1]; got {p!r}")
+    m = params.get("model")
+    if m is not None and (not isinstance(m, str) or not m.strip()):
+        raise InvalidInputError("model", f"must be a non-empty string; got {m!r}")
+    stop = params.get("stop")
+    if stop is not None and not (
+        isinstance(stop, list) and all(isinstance(s, str) and s for s in stop)
+    ):
+        raise InvalidInputError("stop", f"must be a list of non-empty strings; got {stop!r}")
+
+
+def check_messages(messages: Sequence[BaseMessage]) -> None:
+    """Reject an empty conversation or a role no chat API knows."""
+    if not messages:
+        raise InvalidInputError("messages", "at least one message is required; got none")
+    for i, m in enumerate(messages):
+        if isinstance(m, ChatMessage) and m.role not in CHAT_ROLES:
+            raise InvalidInputError(
+                f"messages[{i}].role", f"must be one of {', '.join(CHAT_ROLES)}; got {m.role!r}"
+            )
+        if not isinstance(
+            m, (HumanMessage, AIMessage, SystemMessage, ToolMessage, ChatMessage, FunctionMessage)
+        ):
+            raise InvalidInputError(
+                f"messages[{i}]", f"unsupported message type {type(m).__name__}"
+            )
+
+
+def check_model_name(value: str) -> str:
+    """Validator for ``model`` fields."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInputError("model", "must be a non-empty string")
+    return value
+
+
+# ------------------------------------------------------------------ the shared surface
+
+
+class ModelSurface(BaseModel):
+    """Fit, counting and health: the extra surface every model of this package has."""
+
+    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
+
+    context_window: int | None = Field(default=None, gt=0)
+    """Total tokens (prompt + output) the model takes; discovered from the backend if unset."""
+
+    max_input_tokens: int | None = Field(default=None, gt=0)
+    """Limit on prompt tokens where the backend sets one apart from the window."""
+
+    max_output_tokens: int | None = Field(default=None, gt=0)
+    """Limit on output tokens where the backend sets one apart from the window."""
+
+    context_overflow: ContextOverflowPolicy = "raise"
+    """What a call does when the prompt does not fit: raise, clamp max_tokens, or ignore."""
+
+    health_timeout: float = Field(default=5.0, gt=0)
+    """Seconds a health check may take, in all."""
+
+    _backend: ClassVar[str] = "multillm"
+    _limits: Limits | None = PrivateAttr(default=None)
+    _limits_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _warned_unknown: bool = PrivateAttr(default=False)
+
+    # ---- hooks (backends override) ----
+    def _fetch_limits(self) -> Limits:
+        """Limits the backend reports (may do I/O; called once)."""
+        return Limits()
+
+    async def _afetch_limits(self) -> Limits:
+        return await asyncio.to_thread(self._fetch_limits)
+
+    def _count_exact(self, prompt: Prompt) -> int | None:
+        """The exact token count, or None where the backend cannot count."""
+        return None
+
+    async def _acount_exact(self, prompt: Prompt) -> int | None:
+        return await asyncio.to_thread(self._count_exact, prompt)
+
+    def _count_bound(self, prompt: Prompt) -> int | None:
+        """A proven upper bound on the count without I/O, or None."""
+        return None
+
+    def _health(self) -> HealthReport:
+        raise NotImplementedError
+
+    async def _ahealth(self) -> HealthReport:
+        return await asyncio.to_thread(self._health)
+
+    def _model_label(self) -> str | None:
+        return getattr(self, "model_name", None) or getattr(self, "model", None)
+
+    # ---- limits ----
+    def _merge_limits(self, found: Limits) -> Limits:
+        limits = Limits(
+            context_window=self.context_window or found.context_window,
+            max_input_tokens=self.max_input_tokens or found.max_input_tokens,
+            max_output_tokens=self.max_output_tokens or found.max_output_tokens,
+        )
+        self._limits = limits
+        self._on_limits(limits)
+        return limits
+
+    def _on_limits(self, limits: Limits) -> None:
+        """Fill ``context_window`` and LangChain's ``profile`` once the limits are known."""
+        if self.context_window is None and limits.context_window is not None:
+            object.__setattr__(self, "context_window", limits.context_window)
+        if hasattr(self, "profile"):
+            profile = dict(getattr(self, "profile", None) or {})
+            max_in = limits.max_input_tokens or limits.context_window
+            if max_in is not None:
+                profile.setdefault("max_input_tokens", max_in)
+            max_out = limits.max_output_tokens or limits.context_window
+            if max_out is not None:
+                profile.setdefault("max_output_tokens", max_out)
+            if profile:
+                object.__setattr__(self, "profile", profile)
+
+    def get_limits(self) -> Limits:
+        """The model's limits: what was set, else what the backend reports (asked once)."""
+        if self._limits is None:
+            with self._limits_lock:
+                if self._limits is None:
+                    return self._merge_limits(self._fetch_limits())
+        assert self._limits is not None
+        return self._limits
+
+    async def aget_limits(self) -> Limits:
+        """Async twin of :meth:`get_limits`."""
+        if self._limits is None:
+            return self._merge_limits(await self._afetch_limits())
+        return self._limits
+
+    # ---- counting and fit ----
+    def _as_prompt(self, x: PromptInput, tools: Sequence[Any] | None, *, for_fit: bool) -> Prompt:
+        raise NotImplementedError
+
+    def count_tokens(self, x: PromptInput, tools: Sequence[Any] | None = None) -> int:
+        """Tokens in ``x`` (text or messages, with the tools that would be bound).
+
+        Exact where the backend can tokenize; otherwise a proven upper bound.
+        """
+        prompt = self._as_prompt(x, tools, for_fit=False)
+        n = self._count_exact(prompt)
+        return n if n is not None else self._fallback_bound(prompt)
+
+    async def acount_tokens(self, x: PromptInput, tools: Sequence[Any] | None = None) -> int:
+        """Async twin of :meth:`count_tokens`."""
+        prompt = self._as_prompt(x, tools, for_fit=False)
+        n = await self._acount_exact(prompt)
+        return n if n is not None else self._fallback_bound(prompt)
+
+    def _fallback_bound(self, prompt: Prompt) -> int:
+        bound = self._count_bound(prompt)
+        if bound is None:
+            raise MultiLLMError(
+                "this backend can neither count tokens nor bound the count", backend=self._backend
+            )
+        return bound
+
+    def _unknown(self, prompt: Prompt, max_tokens: int | None) -> FitReport:
+        if not self._warned_unknown:
+            self._warned_unknown = True
+            warnings.warn(
+                f"{type(self).__name__}: the context window is unknown, so prompts are not "
+                "checked before sending; set context_window=... to check them",
+                MultiLLMWarning,
+                stacklevel=4,
+            )
+        bound = self._count_bound(prompt)
+        return decide(bound or 0, exact=False, max_tokens=max_tokens, limits=Limits())
+
+    def _fit(self, prompt: Prompt, max_tokens: int | None, limits: Limits) -> FitReport | None:
+        """Decide with the bound if it can; None means an exact count is needed."""
+        if not limits.known:
+            return self._unknown(prompt, max_tokens)
+        bound = self._count_bound(prompt)
+        if bound is not None:
+            report = decide(bound, exact=False, max_tokens=max_tokens, limits=limits)
+            if report.fits:
+                return report
+        return None
+
+    def _fit_exact(
+        self, prompt: Prompt, n: int | None, max_tokens: int | None, limits: Limits
+    ) -> FitReport:
+        if n is not None:
+            return decide(n, exact=True, max_tokens=max_tokens, limits=limits)
+        bound = self._count_bound(prompt)
+        report = decide(bound or 0, exact=False, max_tokens=max_tokens, limits=limits)
+        if not report.fits:
+            from dataclasses import replace
+
+            report = replace(report, reason=f"{report.reason} (no exact count available)")
+        return report
+
+    def check_fit(
+        self, x: PromptInput, max_tokens: int | None = None, tools: Sequence[Any] | None = None
+    ) -> FitReport:
+        """Whether ``x`` plus ``max_tokens`` of output fits the model's limits (no generation)."""
+        prompt = self._as_prompt(x, tools, for_fit=True)
+        limits = self.get_limits()
+        report = self._fit(prompt, max_tokens, limits)
+        if report is None:
+            report = self._fit_exact(prompt, self._count_exact(prompt), max_tokens, limits)
+        return report
+
+    async def acheck_fit(
+        self, x: PromptInput, max_tokens: int | None = None, tools: Sequence[Any] | None = None
+    ) -> FitReport:
+        """Async twin of :meth:`check_fit`."""
+        prompt = self._as_prompt(x, tools, for_fit=True)
+        limits = await self.aget_limits()
+        report = self._fit(prompt, max_tokens, limits)
+        if report is None:
+            n = await self._acount_exact(prompt)
+            report = self._fit_exact(prompt, n, max_tokens, limits)
+        return report
+
+    def is_valid_prompt(self, x: PromptInput) -> bool:
+        """``check_fit(x).fits``."""
+        return self.check_fit(x).fits
+
+    async def ais_valid_prompt(self, x: PromptInput) -> bool:
+        """Async twin of :meth:`is_valid_prompt`."""
+        return (await self.acheck_fit(x)).fits
+
+    # ---- health ----
+    def health(self) -> HealthReport:
+        """Liveness and readiness, without a billed call. Never raises."""
+        started = time.perf_counter()
+        try:
+            return self._health()
+        except Exception as exc:  # noqa: BLE001 - health never raises
+            return down(started, self._model_label(), describe(exc))
+
+    async def ahealth(self) -> HealthReport:
+        """Async twin of :meth:`health`; also never raises."""
+        started = time.perf_counter()
+        try:
+            return await asyncio.wait_for(self._ahealth(), timeout=self.health_timeout)
+        except asyncio.TimeoutError:
+            return down(started, self._model_label(), f"no answer within {self.health_timeout}s")
+        except Exception as exc:  # noqa: BLE001 - health never raises
+            return down(started, self._model_label(), describe(exc))
+
+    def is_alive(self) -> bool:
+        """``health().alive``, within ``health_timeout``."""
+        return self.health().alive
+
+    async def ais_alive(self) -> bool:
+        """Async twin of :meth:`is_alive`."""
+        return (await self.ahealth()).alive
+
+    # ---- the policy, before every call ----
+    def _policy(self, kwargs: dict[str, Any]) -> ContextOverflowPolicy:
+        return check_policy(kwargs.pop("context_overflow", self.context_overflow))
+
+    def _apply(self, report: FitReport, policy: ContextOverflowPolicy, params: dict[str, Any]) -> FitReport:
+        report = enforce(report, policy, backend=self._backend)
+        if report.max_tokens_effective != report.max_tokens and report.max_tokens_effective:
+            params["max_tokens"] = report.max_tokens_effective
+        return report
+
+    def _gate(self, prompt: Prompt, params: dict[str, Any], policy: ContextOverflowPolicy) -> FitReport:
+        """Check the fit before a call and apply the policy (``params`` may be clamped)."""
+        if policy == "ignore":
+            return UNCHECKED
+        limits = self.get_limits()
+        mt = params.get("max_tokens")
+        report = self._fit(prompt, mt, limits)
+        if report is None:
+            report = self._fit_exact(prompt, self._count_exact(prompt), mt, limits)
+        return self._apply(report, policy, params)
+
+    async def _agate(
+        self, prompt: Prompt, params: dict[str, Any], policy: ContextOverflowPolicy
+    ) -> FitReport:
+        """Async twin of :meth:`_gate`."""
+        if policy == "ignore":
+            return UNCHECKED
+        limits = await self.aget_limits()
+        mt = params.get("max_tokens")
+        report = self._fit(prompt, mt, limits)
+        if report is None:
+            report = self._fit_exact(prompt, await self._acount_exact(prompt), mt, limits)
+        return self._apply(report, policy, params)
+
+
+UNCHECKED = FitReport(
+    fits=True,
+    prompt_tokens=0,
+    exact=False,
+    max_tokens=None,
+    max_tokens_effective=None,
+    context_window=None,
+    max_input_tokens=None,
+    max_output_tokens=None,
+    room=None,
+    reason='not checked (context_overflow="ignore")',
+)
+
+
+def merge_params(defaults: dict[str, Any], kwargs: dict[str, Any], stop: list[str] | None) -> dict[str, Any]:
+    """Instance defaults overridden by per-call kwargs and ``stop``; checked before sending."""
+    params = {**defaults, **{k: v for k, v in kwargs.items() if v is not None}}
+    if stop is not None:
+        params["stop"] = stop
+    if not params.get("stop"):
+        params.pop("stop", None)
+    check_sampling(params)
+    return params
+
+
+def first_then_rest(max_retries: int, factory: Any) -> Iterator[Any]:
+    """Run ``factory()`` with retries until its first item arrives, then yield everything."""
+    first: Any = None
+    for attempt in retrying(max_retries):
+        with attempt:
+            it = factory()
+            first = next(it, None)
+    if first is None:
+        raise IncompleteResponseError("the stream ended before any output")
+    yield first
+    yield from it
+
+
+async def afirst_then_rest(max_retries: int, factory: Any) -> AsyncIterator[Any]:
+    """Async twin of :func:`first_then_rest`."""
+    first: Any = None
+    ait: Any = None
+    async for attempt in aretrying(max_retries):
+        with attempt:
+            ait = factory().__aiter__()
+            try:
+                first = await ait.__anext__()
+            except StopAsyncIteration:
+                first = None
+    if first is None:
+        raise IncompleteResponseError("the stream ended before any output")
+    yield first
+    async for item in ait:
+        yield item
+
+
+# ------------------------------------------------------------------ chat
+
+
+class _Sampling(BaseModel):
+    """Fields every model has, chat or completion."""
+
+    model_name: str = Field(alias="model")
+    """Name of the model the backend serves."""
+
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    """Sampling temperature (0-2); None leaves the backend's default."""
+
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    """Nucleus sampling mass, in (0, 1]; None leaves the backend's default."""
+
+    max_tokens: int | None = Field(default=None, gt=0)
+    """Most tokens to generate; None lets the backend decide (up to the room left)."""
+
+    stop: list[str] | None = Field(default=None, alias="stop_sequences")
+    """Sequences that end generation."""
+
+    max_retries: int = Field(default=2, ge=0)
+    """Retries of a retryable failure (never after the first streamed token)."""
+
+    streaming: bool = False
+    """Whether ``invoke`` streams underneath (the result is the same)."""
+
+    @field_validator("model_name")
+    @classmethod
+    def _model_not_empty(cls, v: str) -> str:
+        return check_model_name(v)
+
+    def _default_params(self) -> dict[str, Any]:
+        """Sampling parameters set on the instance (None left out)."""
+        params = {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_tokens": self.max_tokens,
+            "stop": self.stop or None,
+        }
+        return {k: v for k, v in params.items() if v is not None}
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_name": self.model_name, **self._default_params()}
+
+
+class MultiLLMChatModel(ModelSurface, _Sampling, BaseChatModel):
+    """Base of this package's chat models: the LangChain chat contract plus the surface."""
+
+    stream_usage: bool = True
+    """Whether streams carry token usage (asked of the server, or counted exactly)."""
+
+    # ---- hooks for chat backends ----
+    def _chat(self, req: ChatRequest) -> ChatResult:
+        raise NotImplementedError
+
+    async def _achat(self, req: ChatRequest) -> ChatResult:
+        return await asyncio.to_thread(self._chat, req)
+
+    def _chat_stream(self, req: ChatRequest) -> Iterator[ChatGenerationChunk]:
+        raise NotImplementedError
+
+    def _achat_stream(self, req: ChatRequest) -> AsyncIterator[ChatGenerationChunk]:
+        raise NotImplementedError
+
+    # ---- LangChain plumbing ----
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = {**self._default_params(), **{k: v for k, v in kwargs.items() if v is not None}}
+        ls = LangSmithParams(
+            ls_provider=self._backend,
+            ls_model_name=params.get("model") or self.model_name,
+            ls_model_type="chat",
+        )
+        if params.get("temperature") is not None:
+            ls["ls_temperature"] = params["temperature"]
+        if params.get("max_tokens") is not None:
+            ls["ls_max_tokens"] = params["max_tokens"]
+        if stop or params.get("stop"):
+            ls["ls_stop"] = stop or params["stop"]
+        return ls
+
+    def get_num_tokens(self, text: str) -> int:
+        """Tokens in ``text`` with the backend's tokenizer (same as :meth:`count_tokens`)."""
+        return self.count_tokens(text)
+
+    def get_num_tokens_from_messages(
+        self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
+    ) -> int:
+        """Tokens the messages take as a prompt (same as :meth:`count_tokens`)."""
+        return self.count_tokens(messages, tools=tools)
+
+    def _as_prompt(self, x: PromptInput, tools: Sequence[Any] | None, *, for_fit: bool) -> Prompt:
+        tool_dicts = self._format_tools(tools) if tools else None
+        if isinstance(x, PromptValue):
+            return Prompt(messages=x.to_messages(), tools=tool_dicts)
+        if isinstance(x, str):
+            if for_fit:
+                return Prompt(messages=[HumanMessage(x)], tools=tool_dicts)
+            return Prompt(text=x)
+        return Prompt(messages=list(x), tools=tool_dicts)
+
+    def _format_tools(self, tools: Sequence[Any]) -> list[dict[str, Any]]:
+        from langchain_core.utils.function_calling import convert_to_openai_tool
+
+        return [convert_to_openai_tool(t) for t in tools]
+
+    def _start(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any], *, stream: bool
+    ) -> tuple[ChatRequest, ContextOverflowPolicy, Prompt]:
+        check_messages(messages)
+        kwargs = dict(kwargs)
+        policy = self._policy(kwargs)
+        tools = kwargs.pop("tools", None)
+        params = merge_params(self._default_params(), kwargs, stop)
+        req = ChatRequest(messages=messages, params=params, fit=UNCHECKED, stream=stream, tools=tools)
+        return req, policy, Prompt(messages=messages, tools=tools)
+
+    def _prepare(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any], *, stream: bool
+    ) -> ChatRequest:
+        req, policy, prompt = self._start(messages, stop, kwargs, stream=stream)
+        req.fit = self._gate(prompt, req.params, policy)
+        return req
+
+    async def _aprepare(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any], *, stream: bool
+    ) -> ChatRequest:
+        req, policy, prompt = self._start(messages, stop, kwargs, stream=stream)
+        req.fit = await self._agate(prompt, req.params, policy)
+        return req
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        if self.streaming:
+            return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
+        req = self._prepare(messages, stop, kwargs, stream=False)
+        return retrying(self.max_retries)(self._chat, req)
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        if self.streaming:
+            return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
+        req = await self._aprepare(messages, stop, kwargs, stream=False)
+        return await aretrying(self.max_retries)(self._achat, req)
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        req = self._prepare(messages, stop, kwargs, stream=True)
+        for chunk in first_then_rest(self.max_retries, lambda: self._chat_stream(req)):
+            if run_manager:
+                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+            yield chunk
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        req = await self._aprepare(messages, stop, kwargs, stream=True)
+        async for chunk in afirst_then_rest(self.max_retries, lambda: self._achat_stream(req)):
+            if run_manager:
+                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+            yield chunk
+
+
+# ------------------------------------------------------------------ completion
+
+
+class MultiLLMCompletionModel(ModelSurface, _Sampling, BaseLLM):
+    """Base of this package's completion models (text in, text out)."""
+
+    def _complete(self, req: CompletionRequest) -> Generation:
+        raise NotImplementedError
+
+    async def _acomplete(self, req: CompletionRequest) -> Generation:
+        return await asyncio.to_thread(self._complete, req)
+
+    def _complete_stream(self, req: CompletionRequest) -> Iterator[GenerationChunk]:
+        raise NotImplementedError
+
+    def _acomplete_stream(self, req: CompletionRequest) -> AsyncIterator[GenerationChunk]:
+        raise NotImplementedError
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        ls = LangSmithParams(
+            ls_provider=self._backend,
+            ls_model_name=kwargs.get("model") or self.model_name,
+            ls_model_type="llm",
+        )
+        max_tokens = kwargs.get("max_tokens", self.max_tokens)
+        if max_tokens is not None:
+            ls["ls_max_tokens"] = max_tokens
+        return ls
+
+    def get_num_tokens(self, text: str) -> int:
+        """Tokens in ``text`` with the backend's tokenizer."""
+        return self.count_tokens(text)
+
+    def _as_prompt(self, x: PromptInput, tools: Sequence[Any] | None, *, for_fit: bool) -> Prompt:
+        if tools:
+            raise InvalidInputError("tools", "a completion model takes no tools")
+        if isinstance(x, PromptValue):
+            return Prompt(text=x.to_string())
+        if isinstance(x, str):
+            return Prompt(text=x)
+        from langchain_core.messages import get_buffer_string
+
+        return Prompt(text=get_buffer_string(list(x)))
+
+    def _start(
+        self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any], *, stream: bool
+    ) -> tuple[CompletionRequest, ContextOverflowPolicy]:
+        if not isinstance(prompt, str):
+            raise InvalidInputError("prompt", f"must be text; got {type(prompt).__name__}")
+        kwargs = dict(kwargs)
+        policy = self._policy(kwargs)
+        params = merge_params(self._default_params(), kwargs, stop)
+        return CompletionRequest(prompt=prompt, params=params, fit=UNCHECKED, stream=stream), policy
+
+    def _prepare(
+        self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any], *, stream: bool
+    ) -> CompletionRequest:
+        req, policy = self._start(prompt, stop, kwargs, stream=stream)
+        req.fit = self._gate(Prompt(text=prompt), req.params, policy)
+        return req
+
+    async def _aprepare(
+        self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any], *, stream: bool
+    ) -> CompletionRequest:
+        req, policy = self._start(prompt, stop, kwargs, stream=stream)
+        req.fit = await self._agate(Prompt(text=prompt), req.params, policy)
+        return req
+
+    def _generate(
+        self,
+        prompts: list[str],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> LLMResult:
+        gens: list[list[Generation]] = []
+        for prompt in prompts:
+            if self.streaming:
+                chunks = list(self._stream(prompt, stop, run_manager, **kwargs))
+                gens.append([_join(chunks)])
+                continue
+            req = self._prepare(prompt, stop, kwargs, stream=False)
+            gens.append([retrying(self.max_retries)(self._complete, req)])
+        return LLMResult(generations=gens, llm_output={"model_name": self.model_name})
+
+    async def _agenerate(
+        self,
+        prompts: list[str],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> LLMResult:
+        async def one(prompt: str) -> Generation:
+            if self.streaming:
+                return _join([c async for c in self._astream(prompt, stop, run_manager, **kwargs)])
+            req = await self._aprepare(prompt, stop, kwargs, stream=False)
+            return await aretrying(self.max_retries)(self._acomplete, req)
+
+        gens = await asyncio.gather(*(one(p) for p in prompts))
+        return LLMResult(generations=[[g] for g in gens], llm_output={"model_name": self.model_name})
+
+    def _stream(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[GenerationChunk]:
+        req = self._prepare(prompt, stop, kwargs, stream=True)
+        for chunk in first_then_rest(self.max_retries, lambda: self._complete_stream(req)):
+            if run_manager:
+                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+            yield chunk
+
+    async def _astream(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[GenerationChunk]:
+        req = await self._aprepare(prompt, stop, kwargs, stream=True)
+        async for chunk in afirst_then_rest(self.max_retries, lambda: self._acomplete_stream(req)):
+            if run_manager:
+                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+            yield chunk
+
+
+def _join(chunks: list[GenerationChunk]) -> Generation:
+    if not chunks:
+        raise IncompleteResponseError("the stream ended before any output")
+    total = chunks[0]
+    for c in chunks[1:]:
+        total = total + c
+    return Generation(text=total.text, generation_info=total.generation_info)

@@ -1,0 +1,507 @@
+"""The OpenAI wire format, written once: payloads out, results and stream chunks in.
+
+Shared by every backend that speaks it (the vLLM server, llama.cpp's in-process API, which
+returns the same dicts, and later Azure and DeepSeek). Bodies are read as plain dicts, not
+SDK models: that is both faster and the same code for every backend.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
+from operator import itemgetter
+from typing import Any, Literal
+
+from langchain_core.language_models import LanguageModelInput
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    InvalidToolCall,
+    ToolCall,
+)
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.messages.utils import convert_to_openai_messages
+from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
+from langchain_core.output_parsers.base import OutputParserLike
+from langchain_core.output_parsers.openai_tools import (
+    JsonOutputKeyToolsParser,
+    PydanticToolsParser,
+    make_invalid_tool_call,
+    parse_tool_call,
+)
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, GenerationChunk
+from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
+from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
+from langchain_core.utils.pydantic import is_basemodel_subclass
+
+from langchain_multillm._base import ChatRequest, MultiLLMChatModel
+from langchain_multillm.errors import (
+    IncompleteResponseError,
+    InvalidInputError,
+    error_message_from_body,
+    from_status,
+    malformed_body,
+)
+
+__all__ = [
+    "ChatStream",
+    "OpenAIToolsMixin",
+    "chat_payload",
+    "chat_result",
+    "completion_payload",
+    "aiter_sse",
+    "iter_sse",
+    "usage_metadata",
+]
+
+# Keys LangChain passes through bind() that are not for the server.
+_LOCAL_KEYS = {"ls_structured_output_format", "context_overflow"}
+
+
+# ------------------------------------------------------------------ requests
+
+
+def to_openai_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
+    """LangChain messages as OpenAI chat messages (reasoning text is never sent back)."""
+    out = convert_to_openai_messages(list(messages))
+    for m in out:
+        m.pop("reasoning_content", None)
+    return out
+
+
+def _params(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if k not in _LOCAL_KEYS and not k.startswith("ls_")}
+
+
+def chat_payload(req: ChatRequest, model: str, *, stream_usage: bool) -> dict[str, Any]:
+    """The body of ``POST /chat/completions`` for a request."""
+    payload: dict[str, Any] = {"model": model, "messages": to_openai_messages(req.messages)}
+    payload.update(_params(req.params))
+    if req.tools:
+        payload["tools"] = req.tools
+    if req.stream:
+        payload["stream"] = True
+        if stream_usage:
+            payload["stream_options"] = {"include_usage": True}
+    return payload
+
+
+def completion_payload(
+    prompt: str, params: dict[str, Any], model: str, *, stream: bool, stream_usage: bool
+) -> dict[str, Any]:
+    """The body of ``POST /completions``."""
+    payload: dict[str, Any] = {"model": model, "prompt": prompt, **_params(params)}
+    if stream:
+        payload["stream"] = True
+        if stream_usage:
+            payload["stream_options"] = {"include_usage": True}
+    return payload
+
+
+# ------------------------------------------------------------------ responses
+
+
+def usage_metadata(usage: dict[str, Any] | None) -> UsageMetadata | None:
+    """OpenAI ``usage`` as LangChain's ``UsageMetadata``."""
+    if not usage:
+        return None
+    inp = int(usage.get("prompt_tokens") or 0)
+    out = int(usage.get("completion_tokens") or 0)
+    result = UsageMetadata(
+        input_tokens=inp, output_tokens=out, total_tokens=int(usage.get("total_tokens") or inp + out)
+    )
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+    if cached is not None:
+        result["input_token_details"] = {"cache_read": int(cached)}
+    reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens")
+    if reasoning is not None:
+        result["output_token_details"] = {"reasoning": int(reasoning)}
+    return result
+
+
+def _tool_calls(raw: list[dict[str, Any]] | None) -> tuple[list[ToolCall], list[InvalidToolCall]]:
+    calls: list[ToolCall] = []
+    invalid: list[InvalidToolCall] = []
+    for rc in raw or []:
+        try:
+            parsed = parse_tool_call(rc, return_id=True)
+            if parsed is not None:
+                calls.append(parsed)  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001 - a bad call is reported, not raised
+            invalid.append(make_invalid_tool_call(rc, str(exc)))
+    return calls, invalid
+
+
+def chat_result(body: Any, *, backend: str, fallback_model: str) -> ChatResult:
+    """A ``/chat/completions`` body as a ``ChatResult``; a body of another shape is an error."""
+    try:
+        choice = body["choices"][0]
+        msg = choice["message"]
+        finish = choice.get("finish_reason")
+    except (KeyError, IndexError, TypeError) as exc:
+        raise malformed_body(f"no choices[0].message ({exc!r})", body=body, backend=backend) from None
+    if not finish:
+        raise IncompleteResponseError(
+            "the response has no finish_reason", partial_text=msg.get("content") or "", backend=backend
+        )
+    calls, invalid = _tool_calls(msg.get("tool_calls"))
+    extra: dict[str, Any] = {}
+    if msg.get("reasoning_content"):
+        extra["reasoning_content"] = msg["reasoning_content"]
+    meta = {"finish_reason": finish, "model_name": body.get("model") or fallback_model}
+    if body.get("system_fingerprint"):
+        meta["system_fingerprint"] = body["system_fingerprint"]
+    message = AIMessage(
+        content=msg.get("content") or "",
+        tool_calls=calls,
+        invalid_tool_calls=invalid,
+        additional_kwargs=extra,
+        usage_metadata=usage_metadata(body.get("usage")),
+        response_metadata=meta,
+        id=body.get("id"),
+    )
+    gen_info = {"finish_reason": finish}
+    if choice.get("logprobs"):
+        gen_info["logprobs"] = choice["logprobs"]
+    return ChatResult(generations=[ChatGeneration(message=message, generation_info=gen_info)])
+
+
+def completion_text(body: Any, *, backend: str) -> tuple[str, str, dict[str, Any] | None]:
+    """(text, finish_reason, usage) of a ``/completions`` body."""
+    try:
+        choice = body["choices"][0]
+        text = choice["text"]
+    except (KeyError, IndexError, TypeError) as exc:
+        raise malformed_body(f"no choices[0].text ({exc!r})", body=body, backend=backend) from None
+    finish = choice.get("finish_reason")
+    if not finish:
+        raise IncompleteResponseError("the response has no finish_reason", partial_text=text, backend=backend)
+    return text, finish, body.get("usage")
+
+
+# ------------------------------------------------------------------ streams
+
+
+_DONE: dict[str, Any] = {}
+
+
+def _sse_event(line: str, *, backend: str) -> dict[str, Any] | None:
+    """One SSE line: its JSON event, ``_DONE`` at ``[DONE]``, None for other lines."""
+    if not line.startswith("data:"):
+        return None
+    data = line[5:].strip()
+    if data == "[DONE]":
+        return _DONE
+    try:
+        event = json.loads(data)
+    except ValueError:
+        raise malformed_body(f"stream event is not JSON: {data[:200]!r}", backend=backend) from None
+    if isinstance(event, dict) and "error" in event:
+        err = event["error"]
+        code = err.get("code") if isinstance(err, dict) else None
+        raise from_status(
+            code if isinstance(code, int) else 500,
+            error_message_from_body(event, "error in stream"),
+            body=event,
+            backend=backend,
+        )
+    return event if isinstance(event, dict) else None
+
+
+def _no_done(backend: str) -> IncompleteResponseError:
+    return IncompleteResponseError("the stream ended without its [DONE] marker", backend=backend)
+
+
+def iter_sse(lines: Iterable[str], *, backend: str) -> Iterator[dict[str, Any]]:
+    """JSON events of an OpenAI-style SSE stream; raises if ``[DONE]`` never comes."""
+    for line in lines:
+        event = _sse_event(line, backend=backend)
+        if event is _DONE:
+            return
+        if event is not None:
+            yield event
+    raise _no_done(backend)
+
+
+async def aiter_sse(lines: AsyncIterable[str], *, backend: str) -> AsyncIterator[dict[str, Any]]:
+    """Async twin of :func:`iter_sse`."""
+    async for line in lines:
+        event = _sse_event(line, backend=backend)
+        if event is _DONE:
+            return
+        if event is not None:
+            yield event
+    raise _no_done(backend)
+
+
+class ChatStream:
+    """Turns OpenAI stream chunks (dicts) into LangChain chunks and checks the ending.
+
+    Content, tool-call pieces and reasoning go out as they come; ``finish_reason`` and
+    ``model_name`` go on the last chunk (so merged metadata equals ``invoke``'s), together with
+    usage. A stream with no finish reason raises :class:`IncompleteResponseError`.
+    """
+
+    def __init__(
+        self,
+        *,
+        backend: str,
+        model: str,
+        usage_fallback: Callable[[str], UsageMetadata | None] | None = None,
+        model_from_chunks: bool = True,
+    ) -> None:
+        self.backend = backend
+        self.model_from_chunks = model_from_chunks
+        self.model = model
+        self.finish_reason: str | None = None
+        self.usage: UsageMetadata | None = None
+        self.text: list[str] = []
+        self.id: str | None = None
+        self.usage_fallback = usage_fallback
+
+    def feed(self, chunk: dict[str, Any]) -> ChatGenerationChunk | None:
+        """One stream chunk in; a LangChain chunk out, or None for bookkeeping-only chunks."""
+        self.id = self.id or chunk.get("id")
+        if self.model_from_chunks and chunk.get("model"):
+            self.model = chunk["model"]
+        if chunk.get("usage"):
+            self.usage = usage_metadata(chunk["usage"])
+        choices = chunk.get("choices") or []
+        if not choices:
+            return None
+        choice = choices[0]
+        delta = choice.get("delta") or {}
+        if choice.get("finish_reason"):
+            self.finish_reason = choice["finish_reason"]
+        content = delta.get("content") or ""
+        tool_chunks = [
+            {
+                "name": (tc.get("function") or {}).get("name"),
+                "args": (tc.get("function") or {}).get("arguments"),
+                "id": tc.get("id"),
+                "index": tc.get("index"),
+            }
+            for tc in delta.get("tool_calls") or []
+        ]
+        extra = {}
+        if delta.get("reasoning_content"):
+            extra["reasoning_content"] = delta["reasoning_content"]
+        if not content and not tool_chunks and not extra:
+            return None
+        self.text.append(content)
+        return ChatGenerationChunk(
+            message=AIMessageChunk(
+                content=content,
+                tool_call_chunks=tool_chunks,  # type: ignore[arg-type]
+                additional_kwargs=extra,
+                id=self.id,
+            )
+        )
+
+    def finish(self) -> ChatGenerationChunk:
+        """The closing chunk (finish reason, model, usage); raises if the stream was cut."""
+        if not self.finish_reason:
+            raise IncompleteResponseError(
+                "the stream ended before the model finished (no finish_reason)",
+                partial_text="".join(self.text),
+                backend=self.backend,
+            )
+        usage = self.usage
+        if usage is None and self.usage_fallback is not None:
+            usage = self.usage_fallback("".join(self.text))
+        return ChatGenerationChunk(
+            message=AIMessageChunk(
+                content="",
+                usage_metadata=usage,
+                response_metadata={"finish_reason": self.finish_reason, "model_name": self.model},
+                id=self.id,
+                chunk_position="last",
+            ),
+            generation_info={"finish_reason": self.finish_reason},
+        )
+
+    def run(self, chunks: Iterable[dict[str, Any]]) -> Iterator[ChatGenerationChunk]:
+        """Feed every chunk, then close."""
+        for raw in chunks:
+            out = self.feed(raw)
+            if out is not None:
+                yield out
+        yield self.finish()
+
+    async def arun(self, chunks: AsyncIterable[dict[str, Any]]) -> AsyncIterator[ChatGenerationChunk]:
+        """Async twin of :meth:`run`."""
+        async for raw in chunks:
+            out = self.feed(raw)
+            if out is not None:
+                yield out
+        yield self.finish()
+
+
+class CompletionStream:
+    """The ``/completions`` twin of :class:`ChatStream`."""
+
+    def __init__(self, *, backend: str, model: str) -> None:
+        self.backend = backend
+        self.model = model
+        self.finish_reason: str | None = None
+        self.usage: dict[str, Any] | None = None
+        self.text: list[str] = []
+
+    def feed(self, chunk: dict[str, Any]) -> GenerationChunk | None:
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        choices = chunk.get("choices") or []
+        if not choices:
+            return None
+        choice = choices[0]
+        if choice.get("finish_reason"):
+            self.finish_reason = choice["finish_reason"]
+        text = choice.get("text") or ""
+        if not text:
+            return None
+        self.text.append(text)
+        return GenerationChunk(text=text)
+
+    def finish(self) -> GenerationChunk:
+        if not self.finish_reason:
+            raise IncompleteResponseError(
+                "the stream ended before the model finished (no finish_reason)",
+                partial_text="".join(self.text),
+                backend=self.backend,
+            )
+        info: dict[str, Any] = {"finish_reason": self.finish_reason, "model_name": self.model}
+        if self.usage:
+            info["usage"] = self.usage
+        return GenerationChunk(text="", generation_info=info)
+
+    def run(self, chunks: Iterable[dict[str, Any]]) -> Iterator[GenerationChunk]:
+        for raw in chunks:
+            out = self.feed(raw)
+            if out is not None:
+                yield out
+        yield self.finish()
+
+    async def arun(self, chunks: AsyncIterable[dict[str, Any]]) -> AsyncIterator[GenerationChunk]:
+        async for raw in chunks:
+            out = self.feed(raw)
+            if out is not None:
+                yield out
+        yield self.finish()
+
+
+# ------------------------------------------------------------------ tools and structured output
+
+StructuredMethod = Literal["json_schema", "function_calling", "json_mode"]
+
+
+class OpenAIToolsMixin(MultiLLMChatModel):
+    """``bind_tools`` and ``with_structured_output`` for backends that speak the OpenAI format."""
+
+    default_structured_method: StructuredMethod = "json_schema"
+    """How ``with_structured_output`` asks for structure when no method is given."""
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | Any],
+        *,
+        tool_choice: dict[str, Any] | str | bool | None = None,
+        strict: bool | None = None,
+        parallel_tool_calls: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools in the OpenAI format; ``tool_choice`` takes a name, "auto", "none",
+        "required"/"any"/True, or an OpenAI tool-choice dict."""
+        formatted = [convert_to_openai_tool(t, strict=strict) for t in tools]
+        names = [t["function"]["name"] for t in formatted if "function" in t]
+        if tool_choice is not None and tool_choice is not False:
+            if tool_choice is True or tool_choice == "any":
+                tool_choice = "required"
+            if isinstance(tool_choice, str) and tool_choice not in ("auto", "none", "required"):
+                if tool_choice not in names:
+                    raise InvalidInputError(
+                        "tool_choice", f"names no bound tool; got {tool_choice!r}, tools: {names}"
+                    )
+                tool_choice = {"type": "function", "function": {"name": tool_choice}}
+            kwargs["tool_choice"] = tool_choice
+        if parallel_tool_calls is not None:
+            kwargs["parallel_tool_calls"] = parallel_tool_calls
+        return super().bind(tools=formatted, **kwargs)
+
+    def with_structured_output(  # type: ignore[override]
+        self,
+        schema: dict[str, Any] | type | None = None,
+        *,
+        method: StructuredMethod | None = None,
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | Any]:
+        """Answers shaped by ``schema`` (pydantic class, TypedDict or JSON schema).
+
+        ``method``: ``"json_schema"`` (the server constrains decoding; the default),
+        ``"function_calling"`` (a forced tool call), or ``"json_mode"`` (any JSON object).
+        """
+        if kwargs:
+            raise InvalidInputError("with_structured_output", f"unexpected arguments {sorted(kwargs)}")
+        method = method or self.default_structured_method
+        is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
+        parser: OutputParserLike
+        if method == "function_calling":
+            if schema is None:
+                raise InvalidInputError("schema", "function_calling needs a schema")
+            tool = convert_to_openai_tool(schema, strict=strict)
+            name = tool["function"]["name"]
+            llm = self.bind_tools(
+                [schema],
+                tool_choice=name,
+                strict=strict,
+                ls_structured_output_format={"kwargs": {"method": method}, "schema": tool},
+            )
+            parser = (
+                PydanticToolsParser(tools=[schema], first_tool_only=True)  # type: ignore[list-item]
+                if is_pydantic
+                else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
+            )
+        elif method == "json_schema":
+            if schema is None:
+                raise InvalidInputError("schema", "json_schema needs a schema")
+            json_schema = convert_to_json_schema(schema)
+            name = json_schema.get("title", "output")
+            response_format = {
+                "type": "json_schema",
+                "json_schema": {"name": name, "schema": json_schema, "strict": bool(strict)},
+            }
+            llm = self.bind(
+                response_format=response_format,
+                ls_structured_output_format={"kwargs": {"method": method}, "schema": json_schema},
+            )
+            parser = (
+                PydanticOutputParser(pydantic_object=schema)  # type: ignore[arg-type]
+                if is_pydantic
+                else JsonOutputParser()
+            )
+        elif method == "json_mode":
+            llm = self.bind(
+                response_format={"type": "json_object"},
+                ls_structured_output_format={"kwargs": {"method": method}, "schema": schema},
+            )
+            parser = (
+                PydanticOutputParser(pydantic_object=schema)  # type: ignore[arg-type]
+                if is_pydantic
+                else JsonOutputParser()
+            )
+        else:
+            raise InvalidInputError(
+                "method", f"must be json_schema, function_calling or json_mode; got {method!r}"
+            )
+        if not include_raw:
+            return llm | parser
+        parser_assign = RunnablePassthrough.assign(
+            parsed=itemgetter("raw") | parser, parsing_error=lambda _: None
+        )
+        parser_none = RunnablePassthrough.assign(parsed=lambda _: None)
+        parser_with_fallback = parser_assign.with_fallbacks(
+            [parser_none], exception_key="parsing_error"
+        )
+        return RunnableMap(raw=llm) | parser_with_fallback

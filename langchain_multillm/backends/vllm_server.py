@@ -1,0 +1,621 @@
+"""A running vLLM server (or any OpenAI-compatible server), over its HTTP API.
+
+``ChatVLLMServer`` posts to ``/v1/chat/completions`` and ``VLLMServer`` to ``/v1/completions``
+with one pooled ``httpx`` client each way (sync and async). vLLM's own routes add what the
+OpenAI API lacks: the context window from ``/v1/models`` (``max_model_len``), exact counts from
+``/tokenize`` (text, or messages through the served chat template), and ``/health``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGenerationChunk, ChatResult, Generation, GenerationChunk
+from langchain_core.utils import from_env, secret_from_env
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
+
+from langchain_multillm._base import (
+    ChatRequest,
+    CompletionRequest,
+    MultiLLMCompletionModel,
+    Prompt,
+)
+from langchain_multillm._http import (
+    ClientCredentials,
+    check_url,
+    client_kwargs,
+    server_root,
+    warn_insecure,
+)
+from langchain_multillm._openai import (
+    ChatStream,
+    CompletionStream,
+    OpenAIToolsMixin,
+    chat_payload,
+    chat_result,
+    completion_payload,
+    completion_text,
+    aiter_sse,
+    iter_sse,
+    to_openai_messages,
+)
+from langchain_multillm.errors import (
+    InvalidInputError,
+    MultiLLMError,
+    from_httpx_error,
+    from_response,
+    malformed_body,
+)
+from langchain_multillm.fit import Limits, TemplateBound, chat_bound
+from langchain_multillm.health import HealthReport, describe, down
+
+__all__ = ["ChatVLLMServer", "VLLMServer"]
+
+BACKEND = "vllm-server"
+
+
+def _tls_verify_default() -> bool:
+    import os
+
+    skip = os.environ.get("LLM_TLS_SKIP_VERIFY", "").strip().lower()
+    return skip not in ("1", "true", "yes", "on")
+
+
+class _ServerConnection(BaseModel):
+    """Connection settings and vLLM's extra routes, shared by the chat and completion classes."""
+
+    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
+
+    base_url: str | None = Field(
+        default_factory=from_env(["VLLM_BASE_URL", "LLM_MODEL_SERVER_ENDPOINT"], default=None),
+        alias="openai_api_base",
+    )
+    """Server URL with its ``/v1`` suffix (env ``VLLM_BASE_URL``, then ``LLM_MODEL_SERVER_ENDPOINT``)."""
+
+    api_key: SecretStr | None = Field(
+        default_factory=secret_from_env(["VLLM_API_KEY", "LLM_VLLM_API_KEY"], default=None)
+    )
+    """Static bearer key (env ``VLLM_API_KEY``, then ``LLM_VLLM_API_KEY``); wins over OAuth2."""
+
+    oauth_client_id: str | None = Field(default_factory=from_env("LLM_VLLM_CLIENT_ID", default=None))
+    """OAuth2 client-credentials client id (env ``LLM_VLLM_CLIENT_ID``)."""
+
+    oauth_client_secret: SecretStr | None = Field(
+        default_factory=secret_from_env("LLM_VLLM_CLIENT_SECRET", default=None)
+    )
+    """OAuth2 client secret (env ``LLM_VLLM_CLIENT_SECRET``)."""
+
+    oauth_token_url: str | None = Field(default_factory=from_env("LLM_VLLM_TOKEN_URL", default=None))
+    """OAuth2 token endpoint (env ``LLM_VLLM_TOKEN_URL``)."""
+
+    oauth_scope: str | None = None
+    """OAuth2 scope to ask for, if the identity provider wants one."""
+
+    verify_ssl: bool = Field(default_factory=_tls_verify_default)
+    """Verify TLS certificates (off only when asked; env ``LLM_TLS_SKIP_VERIFY=1`` turns it off)."""
+
+    timeout: float | None = Field(default=None, gt=0, alias="request_timeout")
+    """Seconds a request may take (None: 600 s, 10 s to connect)."""
+
+    default_headers: dict[str, str] | None = None
+    """Headers sent with every request."""
+
+    http_client: httpx.Client | None = Field(default=None, exclude=True)
+    """An httpx client to use for sync calls (proxies, tests); its base URL is ignored."""
+
+    http_async_client: httpx.AsyncClient | None = Field(default=None, exclude=True)
+    """An httpx client to use for async calls."""
+
+    top_k: int | None = None
+    """vLLM: sample from the k most likely tokens (-1 or None: all)."""
+
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    """vLLM: drop tokens below this fraction of the top token's probability."""
+
+    repetition_penalty: float | None = Field(default=None, gt=0)
+    """vLLM: penalty (>1) on tokens already in the prompt or output."""
+
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    """Penalty on tokens already present (-2 to 2)."""
+
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    """Penalty by how often a token appeared (-2 to 2)."""
+
+    seed: int | None = None
+    """Seed for sampling, for repeatable outputs."""
+
+    extra_body: dict[str, Any] | None = None
+    """Other fields for the request body (for example vLLM's ``structured_outputs``)."""
+
+    _sync: httpx.Client | None = PrivateAttr(default=None)
+    _async: httpx.AsyncClient | None = PrivateAttr(default=None)
+    _auth: httpx.Auth | None = PrivateAttr(default=None)
+    _bound: TemplateBound | None = PrivateAttr(default=None)
+    _tokenize: bool | None = PrivateAttr(default=None)
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, v: str | None) -> str | None:
+        return check_url("base_url", v)
+
+    @model_validator(mode="after")
+    def _check_connection(self) -> _ServerConnection:
+        if not self.base_url:
+            raise InvalidInputError(
+                "base_url", "is required: pass base_url=... or set VLLM_BASE_URL (e.g. http://host:8000/v1)"
+            )
+        oauth = [self.oauth_client_id, self.oauth_client_secret, self.oauth_token_url]
+        if any(oauth) and not all(oauth) and self.api_key is None:
+            raise InvalidInputError(
+                "oauth_client_id/oauth_client_secret/oauth_token_url",
+                "all three are needed for OAuth2 client credentials",
+            )
+        check_url("oauth_token_url", self.oauth_token_url)
+        if not self.verify_ssl:
+            warn_insecure()
+        return self
+
+    @property
+    def _root(self) -> str:
+        assert self.base_url
+        return server_root(self.base_url)
+
+    # ---- clients ----
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", **(self.default_headers or {})}
+        if self.api_key is not None:
+            headers["Authorization"] = f"Bearer {self.api_key.get_secret_value()}"
+        return headers
+
+    def _auth_flow(self) -> httpx.Auth | None:
+        if self.api_key is not None or not self.oauth_client_id:
+            return None
+        if self._auth is None:
+            assert self.oauth_token_url and self.oauth_client_secret
+            self._auth = ClientCredentials(
+                self.oauth_token_url,
+                self.oauth_client_id,
+                self.oauth_client_secret,
+                scope=self.oauth_scope,
+                verify=self.verify_ssl,
+            )
+        return self._auth
+
+    @property
+    def _client(self) -> httpx.Client:
+        if self.http_client is not None:
+            return self.http_client
+        if self._sync is None:
+            self._sync = httpx.Client(**client_kwargs(self.timeout, self.verify_ssl, self._auth_flow()))
+        return self._sync
+
+    @property
+    def _aclient(self) -> httpx.AsyncClient:
+        if self.http_async_client is not None:
+            return self.http_async_client
+        if self._async is None:
+            self._async = httpx.AsyncClient(**client_kwargs(self.timeout, self.verify_ssl, self._auth_flow()))
+        return self._async
+
+    def _request_kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {"headers": self._headers()}
+        if self.http_client is not None or self.http_async_client is not None:
+            auth = self._auth_flow()
+            if auth is not None:
+                kw["auth"] = auth
+            if self.timeout:
+                kw["timeout"] = self.timeout
+        return kw
+
+    # ---- plain JSON calls ----
+    def _post_json(self, url: str, body: dict[str, Any]) -> Any:
+        try:
+            r = self._client.post(url, json=body, **self._request_kwargs())
+        except httpx.HTTPError as exc:
+            raise from_httpx_error(exc, backend=BACKEND) from exc
+        return _json_or_raise(r)
+
+    async def _apost_json(self, url: str, body: dict[str, Any]) -> Any:
+        try:
+            r = await self._aclient.post(url, json=body, **self._request_kwargs())
+        except httpx.HTTPError as exc:
+            raise from_httpx_error(exc, backend=BACKEND) from exc
+        return _json_or_raise(r)
+
+    def _get_json(self, url: str, timeout: float | None = None) -> Any:
+        kw = self._request_kwargs()
+        if timeout:
+            kw["timeout"] = timeout
+        try:
+            r = self._client.get(url, **kw)
+        except httpx.HTTPError as exc:
+            raise from_httpx_error(exc, backend=BACKEND) from exc
+        return _json_or_raise(r)
+
+    async def _aget_json(self, url: str, timeout: float | None = None) -> Any:
+        kw = self._request_kwargs()
+        if timeout:
+            kw["timeout"] = timeout
+        try:
+            r = await self._aclient.get(url, **kw)
+        except httpx.HTTPError as exc:
+            raise from_httpx_error(exc, backend=BACKEND) from exc
+        return _json_or_raise(r)
+
+    # ---- streams ----
+    def _sse(self, url: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        try:
+            with self._client.stream("POST", url, json=body, **self._request_kwargs()) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    raise from_response(r, backend=BACKEND)
+                yield from iter_sse(r.iter_lines(), backend=BACKEND)
+        except httpx.HTTPError as exc:
+            raise from_httpx_error(exc, backend=BACKEND) from exc
+
+    async def _asse(self, url: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        try:
+            async with self._aclient.stream("POST", url, json=body, **self._request_kwargs()) as r:
+                if r.status_code >= 400:
+                    await r.aread()
+                    raise from_response(r, backend=BACKEND)
+                async for event in aiter_sse(r.aiter_lines(), backend=BACKEND):
+                    yield event
+        except httpx.HTTPError as exc:
+            raise from_httpx_error(exc, backend=BACKEND) from exc
+
+    # ---- discovery ----
+    def _limits_from_models(self, body: Any) -> Limits:
+        model = getattr(self, "model_name", None)
+        try:
+            cards = body["data"]
+        except (KeyError, TypeError):
+            raise malformed_body("GET /models has no data list", body=body, backend=BACKEND) from None
+        for card in cards:
+            if card.get("id") == model and card.get("max_model_len"):
+                return Limits(context_window=int(card["max_model_len"]))
+        return Limits()
+
+    def _fetch_limits(self) -> Limits:
+        assert self.base_url
+        limits = self._limits_from_models(self._get_json(f"{self.base_url}/models"))
+        if self._tokenize_available():
+            self._bound = TemplateBound.measure(self._count_messages)
+        return limits
+
+    async def _afetch_limits(self) -> Limits:
+        assert self.base_url
+        limits = self._limits_from_models(await self._aget_json(f"{self.base_url}/models"))
+        if await self._atokenize_available():
+            self._bound = await _ameasure(self._acount_messages)
+        return limits
+
+    def _tokenize_available(self) -> bool:
+        if self._tokenize is None:
+            try:
+                self._post_json(f"{self._root}/tokenize", {"prompt": "a"})
+                self._tokenize = True
+            except (MultiLLMError, InvalidInputError):
+                self._tokenize = False
+        return self._tokenize
+
+    async def _atokenize_available(self) -> bool:
+        if self._tokenize is None:
+            try:
+                await self._apost_json(f"{self._root}/tokenize", {"prompt": "a"})
+                self._tokenize = True
+            except (MultiLLMError, InvalidInputError):
+                self._tokenize = False
+        return self._tokenize
+
+    def _tokenize_body(self, prompt: Prompt | list[dict[str, Any]]) -> dict[str, Any]:
+        model = getattr(self, "model_name", None)
+        if isinstance(prompt, list):
+            return {"model": model, "messages": prompt, "add_generation_prompt": True}
+        if prompt.text is not None:
+            return {"model": model, "prompt": prompt.text}
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": to_openai_messages(prompt.messages or []),
+            "add_generation_prompt": True,
+        }
+        if prompt.tools:
+            body["tools"] = prompt.tools
+        return body
+
+    def _count_messages(self, messages: list[dict[str, Any]]) -> int:
+        return _count_of(self._post_json(f"{self._root}/tokenize", self._tokenize_body(messages)))
+
+    async def _acount_messages(self, messages: list[dict[str, Any]]) -> int:
+        return _count_of(await self._apost_json(f"{self._root}/tokenize", self._tokenize_body(messages)))
+
+    def _count_exact(self, prompt: Prompt) -> int | None:
+        if not self._tokenize_available():
+            return None
+        return _count_of(self._post_json(f"{self._root}/tokenize", self._tokenize_body(prompt)))
+
+    async def _acount_exact(self, prompt: Prompt) -> int | None:
+        if not await self._atokenize_available():
+            return None
+        return _count_of(await self._apost_json(f"{self._root}/tokenize", self._tokenize_body(prompt)))
+
+    def _count_bound(self, prompt: Prompt) -> int | None:
+        if self._bound is None and self._tokenize is not False:
+            return None  # not measured yet, or the server can count: wait for exact
+        return chat_bound(prompt, self._bound)
+
+    # ---- health ----
+    def _judge(self, started: float, health: httpx.Response | Exception, models: Any) -> HealthReport:
+        model = getattr(self, "model_name", None)
+        if isinstance(models, Exception) and isinstance(health, Exception):
+            return down(started, model, describe(health))
+        if isinstance(models, Exception):
+            ok = isinstance(health, httpx.Response) and health.status_code < 400
+            return HealthReport(
+                alive=True,
+                ready=False,
+                latency_s=time.perf_counter() - started,
+                model=model,
+                detail=f"/health {'ok' if ok else 'failed'}; /models failed: {describe(models)}",
+            )
+        limits = self._limits_from_models(models)
+        served = [c.get("id") for c in models.get("data", [])]
+        # No /health route (404: llama.cpp's server, other OpenAI-compatible servers): /models decides.
+        health_ok = not isinstance(health, httpx.Response) or health.status_code < 400 or health.status_code == 404
+        ready = model in served and health_ok
+        if ready:
+            detail = f"serving {model}"
+        elif not health_ok:
+            detail = f"/health answered {health.status_code}"  # type: ignore[union-attr]
+        else:
+            detail = f"{model!r} is not served; the server has {served}"
+        return HealthReport(
+            alive=True,
+            ready=ready,
+            latency_s=time.perf_counter() - started,
+            model=model,
+            context_window=limits.context_window or self.context_window,  # type: ignore[attr-defined]
+            detail=detail,
+        )
+
+    def _health(self) -> HealthReport:
+        started = time.perf_counter()
+        t = self.health_timeout / 2  # type: ignore[attr-defined]
+        health: httpx.Response | Exception
+        try:
+            health = self._client.get(f"{self._root}/health", timeout=t, **_no_timeout(self._request_kwargs()))
+        except Exception as exc:  # noqa: BLE001 - a probe never raises
+            health = exc
+        try:
+            models: Any = self._get_json(f"{self.base_url}/models", timeout=t)
+        except Exception as exc:  # noqa: BLE001
+            models = exc
+        return self._judge(started, health, models)
+
+    async def _ahealth(self) -> HealthReport:
+        started = time.perf_counter()
+        t = self.health_timeout / 2  # type: ignore[attr-defined]
+        health: httpx.Response | Exception
+        try:
+            health = await self._aclient.get(
+                f"{self._root}/health", timeout=t, **_no_timeout(self._request_kwargs())
+            )
+        except Exception as exc:  # noqa: BLE001
+            health = exc
+        try:
+            models: Any = await self._aget_json(f"{self.base_url}/models", timeout=t)
+        except Exception as exc:  # noqa: BLE001
+            models = exc
+        return self._judge(started, health, models)
+
+    def close(self) -> None:
+        """Close the clients this model opened (injected clients are left alone)."""
+        if self._sync is not None:
+            self._sync.close()
+            self._sync = None
+
+    async def aclose(self) -> None:
+        """Async twin of :meth:`close`."""
+        if self._async is not None:
+            await self._async.aclose()
+            self._async = None
+        self.close()
+
+    def _extra_params(self) -> dict[str, Any]:
+        extra = {
+            "top_k": self.top_k,
+            "min_p": self.min_p,
+            "repetition_penalty": self.repetition_penalty,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
+            "seed": self.seed,
+        }
+        out = {k: v for k, v in extra.items() if v is not None}
+        out.update(self.extra_body or {})
+        return out
+
+
+def _no_timeout(kw: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in kw.items() if k != "timeout"}
+
+
+async def _ameasure(acount: Any) -> TemplateBound | None:
+    """Async twin of :meth:`TemplateBound.measure` (the probes run concurrently)."""
+    results = await asyncio.gather(*(acount(p) for p in TemplateBound.probes()), return_exceptions=True)
+    return TemplateBound.from_counts([r if isinstance(r, int) else None for r in results])
+
+
+def _json_or_raise(r: httpx.Response) -> Any:
+    if r.status_code >= 400:
+        raise from_response(r, backend=BACKEND)
+    try:
+        return r.json()
+    except ValueError:
+        raise malformed_body(f"not JSON: {r.text[:200]!r}", body=r.text, backend=BACKEND) from None
+
+
+def _count_of(body: Any) -> int:
+    try:
+        return int(body["count"])
+    except (KeyError, TypeError, ValueError):
+        raise malformed_body("/tokenize gave no count", body=body, backend=BACKEND) from None
+
+
+class ChatVLLMServer(_ServerConnection, OpenAIToolsMixin):
+    """Chat with a model on a running vLLM server (or another OpenAI-compatible server).
+
+    Example:
+        ```python
+        from langchain_multillm import ChatVLLMServer
+
+        llm = ChatVLLMServer(base_url="http://localhost:8000/v1", model="Qwen/Qwen2.5-7B-Instruct")
+        llm.check_fit("Hello!", max_tokens=256)  # exact, from the server's /tokenize
+        llm.invoke("Hello!")
+        ```
+    """
+
+    _backend = BACKEND
+
+    @property
+    def _llm_type(self) -> str:
+        return "vllm-server-chat"
+
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        return True
+
+    @property
+    def lc_secrets(self) -> dict[str, str]:
+        return {
+            "api_key": "VLLM_API_KEY",
+            "oauth_client_secret": "LLM_VLLM_CLIENT_SECRET",
+        }
+
+    def _default_params(self) -> dict[str, Any]:
+        return {**super()._default_params(), **self._extra_params()}
+
+    def _usage_fallback(self, req: ChatRequest) -> Any:
+        """Where the server sends no usage in a stream, count it with /tokenize (exact)."""
+        if not self.stream_usage or not self._tokenize_available():
+            return None
+
+        def fill(text: str) -> UsageMetadata:
+            p = self._count_exact(Prompt(messages=req.messages, tools=req.tools)) or 0
+            o = self.count_tokens(text) if text else 0
+            return UsageMetadata(input_tokens=p, output_tokens=o, total_tokens=p + o)
+
+        return fill
+
+    def _chat(self, req: ChatRequest) -> ChatResult:
+        assert self.base_url
+        body = self._post_json(
+            f"{self.base_url}/chat/completions",
+            chat_payload(req, req.params.get("model", self.model_name), stream_usage=False),
+        )
+        return chat_result(body, backend=BACKEND, fallback_model=self.model_name)
+
+    async def _achat(self, req: ChatRequest) -> ChatResult:
+        assert self.base_url
+        body = await self._apost_json(
+            f"{self.base_url}/chat/completions",
+            chat_payload(req, req.params.get("model", self.model_name), stream_usage=False),
+        )
+        return chat_result(body, backend=BACKEND, fallback_model=self.model_name)
+
+    def _chat_stream(self, req: ChatRequest) -> Iterator[ChatGenerationChunk]:
+        assert self.base_url
+        model = req.params.get("model", self.model_name)
+        payload = chat_payload(req, model, stream_usage=self.stream_usage)
+        state = ChatStream(backend=BACKEND, model=model, usage_fallback=self._usage_fallback(req))
+        yield from state.run(self._sse(f"{self.base_url}/chat/completions", payload))
+
+    async def _achat_stream(self, req: ChatRequest) -> AsyncIterator[ChatGenerationChunk]:
+        assert self.base_url
+        model = req.params.get("model", self.model_name)
+        payload = chat_payload(req, model, stream_usage=self.stream_usage)
+        state = ChatStream(backend=BACKEND, model=model)
+        async for raw in self._asse(f"{self.base_url}/chat/completions", payload):
+            out = state.feed(raw)
+            if out is not None:
+                yield out
+        if state.usage is None and self.stream_usage and await self._atokenize_available():
+            text = "".join(state.text)
+            p = await self._acount_exact(Prompt(messages=req.messages, tools=req.tools)) or 0
+            o = await self.acount_tokens(text) if text else 0
+            state.usage = UsageMetadata(input_tokens=p, output_tokens=o, total_tokens=p + o)
+        yield state.finish()
+
+
+class VLLMServer(_ServerConnection, MultiLLMCompletionModel):
+    """Text completion on a running vLLM server (``/v1/completions``).
+
+    Follows LangChain's ``BaseLLM`` input contract, so ``ChatPromptTemplate | VLLMServer(...)``
+    works (the prompt value becomes text).
+    """
+
+    _backend = BACKEND
+
+    @property
+    def _llm_type(self) -> str:
+        return "vllm-server"
+
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        return True
+
+    @property
+    def lc_secrets(self) -> dict[str, str]:
+        return {"api_key": "VLLM_API_KEY", "oauth_client_secret": "LLM_VLLM_CLIENT_SECRET"}
+
+    def _default_params(self) -> dict[str, Any]:
+        return {**super()._default_params(), **self._extra_params()}
+
+    def _generation(self, text: str, finish: str, usage: dict[str, Any] | None, model: str) -> Generation:
+        info: dict[str, Any] = {"finish_reason": finish, "model_name": model}
+        if usage:
+            info["usage"] = usage
+        return Generation(text=text, generation_info=info)
+
+    def _complete(self, req: CompletionRequest) -> Generation:
+        assert self.base_url
+        model = req.params.get("model", self.model_name)
+        body = self._post_json(
+            f"{self.base_url}/completions",
+            completion_payload(req.prompt, req.params, model, stream=False, stream_usage=False),
+        )
+        text, finish, usage = completion_text(body, backend=BACKEND)
+        return self._generation(text, finish, usage, body.get("model") or model)
+
+    async def _acomplete(self, req: CompletionRequest) -> Generation:
+        assert self.base_url
+        model = req.params.get("model", self.model_name)
+        body = await self._apost_json(
+            f"{self.base_url}/completions",
+            completion_payload(req.prompt, req.params, model, stream=False, stream_usage=False),
+        )
+        text, finish, usage = completion_text(body, backend=BACKEND)
+        return self._generation(text, finish, usage, body.get("model") or model)
+
+    def _complete_stream(self, req: CompletionRequest) -> Iterator[GenerationChunk]:
+        assert self.base_url
+        model = req.params.get("model", self.model_name)
+        payload = completion_payload(req.prompt, req.params, model, stream=True, stream_usage=True)
+        yield from CompletionStream(backend=BACKEND, model=model).run(
+            self._sse(f"{self.base_url}/completions", payload)
+        )
+
+    async def _acomplete_stream(self, req: CompletionRequest) -> AsyncIterator[GenerationChunk]:
+        assert self.base_url
+        model = req.params.get("model", self.model_name)
+        payload = completion_payload(req.prompt, req.params, model, stream=True, stream_usage=True)
+        state = CompletionStream(backend=BACKEND, model=model)
+        async for raw in self._asse(f"{self.base_url}/completions", payload):
+            out = state.feed(raw)
+            if out is not None:
+                yield out
+        yield state.finish()

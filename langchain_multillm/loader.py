@@ -1,0 +1,34 @@
+"""``load_chat_model("provider:model", ...)``: any chat model from one string."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from langchain_multillm.errors import InvalidInputError
+
+__all__ = ["PROVIDERS", "load_chat_model"]
+
+# provider -> (module, class, the field the model part of the string goes to)
+PROVIDERS: dict[str, tuple[str, str, str]] = {
+    "vllm-server": ("langchain_multillm.backends.vllm_server", "ChatVLLMServer", "model"),
+    "llamacpp": ("langchain_multillm.backends.llamacpp", "ChatLlamaCpp", "model_path"),
+}
+
+
+def load_chat_model(spec: str, **kwargs: Any) -> Any:
+    """Build a chat model from ``"provider:model"``, importing only that backend.
+
+    ``load_chat_model("vllm-server:Qwen/Qwen2.5-7B-Instruct", base_url="http://host:8000/v1")``;
+    ``load_chat_model("llamacpp:/models/x.gguf")`` (``"llamacpp:"`` alone: the bundled model).
+    """
+    provider, sep, model = spec.partition(":")
+    if not sep or provider not in PROVIDERS:
+        raise InvalidInputError(
+            "spec", f"must be 'provider:model' with provider one of {sorted(PROVIDERS)}; got {spec!r}"
+        )
+    module, cls_name, field = PROVIDERS[provider]
+    cls = getattr(importlib.import_module(module), cls_name)
+    if model:
+        kwargs.setdefault(field, model)
+    return cls(**kwargs)

