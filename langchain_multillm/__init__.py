@@ -43,9 +43,8 @@ _LAZY: dict[str, str] = {
     "Limits": "langchain_multillm.fit",
     "HealthReport": "langchain_multillm.health",
     "load_chat_model": "langchain_multillm.loader",
-    **{
-        name: "langchain_multillm.errors"
-        for name in (
+    **dict.fromkeys(
+        (
             "AuthenticationError",
             "BackendError",
             "BackendTimeoutError",
@@ -59,8 +58,9 @@ _LAZY: dict[str, str] = {
             "MultiLLMError",
             "PermissionDeniedError",
             "RateLimitError",
-        )
-    },
+        ),
+        "langchain_multillm.errors",
+    ),
 }
 
 __all__ = [

@@ -345,7 +345,7 @@ class ModelSurface(BaseModel):
         started = time.perf_counter()
         try:
             return self._health()
-        except Exception as exc:  # noqa: BLE001 - health never raises
+        except Exception as exc:
             return down(started, self._model_label(), describe(exc))
 
     async def ahealth(self) -> HealthReport:
@@ -355,7 +355,7 @@ class ModelSurface(BaseModel):
             return await asyncio.wait_for(self._ahealth(), timeout=self.health_timeout)
         except asyncio.TimeoutError:
             return down(started, self._model_label(), f"no answer within {self.health_timeout}s")
-        except Exception as exc:  # noqa: BLE001 - health never raises
+        except Exception as exc:
             return down(started, self._model_label(), describe(exc))
 
     def is_alive(self) -> bool:
@@ -370,13 +370,17 @@ class ModelSurface(BaseModel):
     def _policy(self, kwargs: dict[str, Any]) -> ContextOverflowPolicy:
         return check_policy(kwargs.pop("context_overflow", self.context_overflow))
 
-    def _apply(self, report: FitReport, policy: ContextOverflowPolicy, params: dict[str, Any]) -> FitReport:
+    def _apply(
+        self, report: FitReport, policy: ContextOverflowPolicy, params: dict[str, Any]
+    ) -> FitReport:
         report = enforce(report, policy, backend=self._backend)
         if report.max_tokens_effective != report.max_tokens and report.max_tokens_effective:
             params["max_tokens"] = report.max_tokens_effective
         return report
 
-    def _gate(self, prompt: Prompt, params: dict[str, Any], policy: ContextOverflowPolicy) -> FitReport:
+    def _gate(
+        self, prompt: Prompt, params: dict[str, Any], policy: ContextOverflowPolicy
+    ) -> FitReport:
         """Check the fit before a call and apply the policy (``params`` may be clamped)."""
         if policy == "ignore":
             return UNCHECKED
@@ -415,7 +419,9 @@ UNCHECKED = FitReport(
 )
 
 
-def merge_params(defaults: dict[str, Any], kwargs: dict[str, Any], stop: list[str] | None) -> dict[str, Any]:
+def merge_params(
+    defaults: dict[str, Any], kwargs: dict[str, Any], stop: list[str] | None
+) -> dict[str, Any]:
     """Instance defaults overridden by per-call kwargs and ``stop``; checked before sending."""
     params = {**defaults, **{k: v for k, v in kwargs.items() if v is not None}}
     if stop is not None:
@@ -565,25 +571,42 @@ class MultiLLMChatModel(ModelSurface, _Sampling, BaseChatModel):
         return [convert_to_openai_tool(t) for t in tools]
 
     def _start(
-        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any], *, stream: bool
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        kwargs: dict[str, Any],
+        *,
+        stream: bool,
     ) -> tuple[ChatRequest, ContextOverflowPolicy, Prompt]:
         check_messages(messages)
         kwargs = dict(kwargs)
         policy = self._policy(kwargs)
         tools = kwargs.pop("tools", None)
         params = merge_params(self._default_params(), kwargs, stop)
-        req = ChatRequest(messages=messages, params=params, fit=UNCHECKED, stream=stream, tools=tools)
+        req = ChatRequest(
+            messages=messages, params=params, fit=UNCHECKED, stream=stream, tools=tools
+        )
         return req, policy, Prompt(messages=messages, tools=tools)
 
     def _prepare(
-        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any], *, stream: bool
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        kwargs: dict[str, Any],
+        *,
+        stream: bool,
     ) -> ChatRequest:
         req, policy, prompt = self._start(messages, stop, kwargs, stream=stream)
         req.fit = self._gate(prompt, req.params, policy)
         return req
 
     async def _aprepare(
-        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any], *, stream: bool
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        kwargs: dict[str, Any],
+        *,
+        stream: bool,
     ) -> ChatRequest:
         req, policy, prompt = self._start(messages, stop, kwargs, stream=stream)
         req.fit = await self._agate(prompt, req.params, policy)
@@ -739,7 +762,9 @@ class MultiLLMCompletionModel(ModelSurface, _Sampling, BaseLLM):
             return await aretrying(self.max_retries)(self._acomplete, req)
 
         gens = await asyncio.gather(*(one(p) for p in prompts))
-        return LLMResult(generations=[[g] for g in gens], llm_output={"model_name": self.model_name})
+        return LLMResult(
+            generations=[[g] for g in gens], llm_output={"model_name": self.model_name}
+        )
 
     def _stream(
         self,

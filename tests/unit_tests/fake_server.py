@@ -25,7 +25,12 @@ def chunk(content: str | None = None, finish: str | None = None, usage: dict | N
     if content is not None or finish is not None:
         delta = {"content": content} if content is not None else {}
         choices = [{"index": 0, "delta": delta, "finish_reason": finish}]
-    out: dict[str, Any] = {"id": "c1", "model": "m", "object": "chat.completion.chunk", "choices": choices}
+    out: dict[str, Any] = {
+        "id": "c1",
+        "model": "m",
+        "object": "chat.completion.chunk",
+        "choices": choices,
+    }
     if usage is not None:
         out["usage"] = usage
     return out
@@ -36,7 +41,13 @@ def completion(content: str = "hello", finish: str | None = "stop") -> dict:
         "id": "c1",
         "object": "chat.completion",
         "model": "m",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": finish,
+            }
+        ],
         "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
     }
 
@@ -70,7 +81,9 @@ class FakeServer:
                 n = len(body["prompt"])
             else:
                 n = 3 + sum(2 + len(m.get("content") or "") for m in body["messages"])
-            return httpx.Response(200, json={"count": n, "max_model_len": self.window, "tokens": []})
+            return httpx.Response(
+                200, json={"count": n, "max_model_len": self.window, "tokens": []}
+            )
         if path in ("/v1/chat/completions", "/v1/completions"):
             self.bodies.append(body)
             if not self.chat:

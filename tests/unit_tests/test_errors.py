@@ -102,7 +102,9 @@ def test_every_httpx_exception_is_mapped() -> None:
     """Fails when httpx grows an exception class the mapping does not name."""
     classes = _httpx_exception_classes()
     assert len(classes) > 20
-    missing = [c.__name__ for c in classes if c not in e.HTTPX_ERRORS and c is not httpx.HTTPStatusError]
+    missing = [
+        c.__name__ for c in classes if c not in e.HTTPX_ERRORS and c is not httpx.HTTPStatusError
+    ]
     assert missing == []
 
 
@@ -121,7 +123,9 @@ def test_httpx_mapping_gives_the_tables_class(cls: type) -> None:
 
 def test_http_status_error_maps_by_status() -> None:
     req = httpx.Request("GET", "http://x.invalid")
-    resp = httpx.Response(429, headers={"retry-after": "3"}, json={"error": {"message": "busy"}}, request=req)
+    resp = httpx.Response(
+        429, headers={"retry-after": "3"}, json={"error": {"message": "busy"}}, request=req
+    )
     mapped = e.from_httpx_error(httpx.HTTPStatusError("x", request=req, response=resp))
     assert isinstance(mapped, e.RateLimitError)
     assert mapped.retry_after == 3.0

@@ -168,7 +168,12 @@ def test_payload_carries_sampling_and_extras() -> None:
     m.invoke("hi", stop=["\n"], max_tokens=9)
     body = fake.bodies[-1]
     assert body["model"] == "m" and body["messages"] == [{"role": "user", "content": "hi"}]
-    assert (body["temperature"], body["top_k"], body["min_p"], body["repetition_penalty"]) == (0.1, 5, 0.05, 1.1)
+    assert (body["temperature"], body["top_k"], body["min_p"], body["repetition_penalty"]) == (
+        0.1,
+        5,
+        0.05,
+        1.1,
+    )
     assert (body["seed"], body["stop"], body["max_tokens"]) == (7, ["\n"], 9)
     assert "stream" not in body
 
@@ -176,7 +181,11 @@ def test_payload_carries_sampling_and_extras() -> None:
 def test_stream_asks_for_usage_and_returns_it() -> None:
     fake = FakeServer()
     usage = {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}
-    fake.chat = [httpx.Response(200, content=sse([chunk("he"), chunk("llo"), chunk(finish="stop"), chunk(usage=usage)]))]
+    fake.chat = [
+        httpx.Response(
+            200, content=sse([chunk("he"), chunk("llo"), chunk(finish="stop"), chunk(usage=usage)])
+        )
+    ]
     chunks = list(model(fake).stream("hi"))
     assert fake.bodies[-1]["stream_options"] == {"include_usage": True}
     full = chunks[0]
@@ -230,7 +239,11 @@ def test_malformed_body_is_a_typed_error(content: bytes) -> None:
 def test_server_context_error_maps() -> None:
     fake = FakeServer()
     msg = "This model's maximum context length is 2048 tokens. However, your prompt contains at least 2049 input tokens."
-    fake.chat = [httpx.Response(400, json={"error": {"message": msg, "type": "BadRequestError", "code": 400}})]
+    fake.chat = [
+        httpx.Response(
+            400, json={"error": {"message": msg, "type": "BadRequestError", "code": 400}}
+        )
+    ]
     with pytest.raises(ContextWindowExceededError, match="maximum context length"):
         model(fake).invoke("hi", context_overflow="ignore")
 
@@ -258,7 +271,9 @@ def test_429_retried_honouring_retry_after() -> None:
 
 def test_retries_are_bounded() -> None:
     fake = FakeServer()
-    fake.chat = [httpx.Response(429, headers={"retry-after": "0"}, json={"error": {"message": "slow"}})]
+    fake.chat = [
+        httpx.Response(429, headers={"retry-after": "0"}, json={"error": {"message": "slow"}})
+    ]
     with pytest.raises(RateLimitError):
         model(fake, max_retries=2).invoke("hi")
     assert fake.calls["/v1/chat/completions"] == 3
@@ -283,7 +298,11 @@ def test_stream_retried_before_first_chunk_only() -> None:
 async def test_async_paths_match_sync() -> None:
     fake = FakeServer()
     usage = {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}
-    fake.chat = [httpx.Response(200, content=sse([chunk("he"), chunk("llo"), chunk(finish="stop"), chunk(usage=usage)]))]
+    fake.chat = [
+        httpx.Response(
+            200, content=sse([chunk("he"), chunk("llo"), chunk(finish="stop"), chunk(usage=usage)])
+        )
+    ]
     m = model(fake)
     parts = [c async for c in m.astream("hi")]
     full = parts[0]
@@ -312,7 +331,9 @@ def test_health_never_raises_and_is_bounded() -> None:
     def hang(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused", request=request)
 
-    m = ChatVLLMServer(model="m", base_url=BASE, http_client=httpx.Client(transport=httpx.MockTransport(hang)))
+    m = ChatVLLMServer(
+        model="m", base_url=BASE, http_client=httpx.Client(transport=httpx.MockTransport(hang))
+    )
     h = m.health()
     assert not h.alive and not h.ready and "ConnectError" in h.detail
     assert m.is_alive() is False
@@ -412,7 +433,10 @@ def test_client_credentials_fetch_cache_and_refresh() -> None:
     client.get("http://api.invalid/x")
     client.get("http://api.invalid/x")
     assert api_auth == ["Bearer t1", "Bearer t1"] and len(token_calls) == 1
-    assert token_calls[0]["grant_type"] == "client_credentials" and token_calls[0]["client_secret"] == "sec"
+    assert (
+        token_calls[0]["grant_type"] == "client_credentials"
+        and token_calls[0]["client_secret"] == "sec"
+    )
     cc._expires_at = 0  # expired: fetched again before the request
     client.get("http://api.invalid/x")  # t2 -> 401 -> t3
     assert api_auth[-2:] == ["Bearer t2", "Bearer t3"] and len(token_calls) == 3

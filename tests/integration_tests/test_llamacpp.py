@@ -1,0 +1,146 @@
+"""ChatLlamaCpp and LlamaCpp on the real engine: the bundled SmolLM2-135M GGUF, in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from langchain_core.messages import AIMessageChunk, HumanMessage, SystemMessage
+from pydantic import BaseModel
+
+from langchain_multillm import ChatLlamaCpp, ContextWindowExceededError, InvalidInputError, LlamaCpp
+
+pytestmark = [pytest.mark.llamacpp, pytest.mark.timeout(300)]
+
+Q = [SystemMessage("Answer in one short sentence."), HumanMessage("What is the capital of France?")]
+
+
+@pytest.fixture(scope="module")
+def chat(llama_cpp_available: str) -> ChatLlamaCpp:
+    return ChatLlamaCpp(model_path=llama_cpp_available, temperature=0, max_tokens=24, seed=1)
+
+
+def _merge(chunks: list[AIMessageChunk]) -> AIMessageChunk:
+    full = chunks[0]
+    for c in chunks[1:]:
+        full += c
+    return full
+
+
+def test_invoke_stream_ainvoke_astream_agree(chat: ChatLlamaCpp) -> None:
+    inv = chat.invoke(Q)
+    st = _merge(list(chat.stream(Q)))
+    ainv = asyncio.run(chat.ainvoke(Q))
+
+    async def collect() -> list[AIMessageChunk]:
+        return [c async for c in chat.astream(Q)]
+
+    ast = _merge(asyncio.run(collect()))
+    for other in (st, ainv, ast):
+        assert other.content == inv.content
+        assert other.usage_metadata == inv.usage_metadata
+        assert other.response_metadata["finish_reason"] == inv.response_metadata["finish_reason"]
+        assert other.response_metadata["model_name"] == inv.response_metadata["model_name"]
+    assert inv.content and inv.usage_metadata and inv.usage_metadata["output_tokens"] > 0
+
+
+def test_fit_is_exact_and_matches_the_prompt_the_engine_saw(chat: ChatLlamaCpp) -> None:
+    report = chat.check_fit(Q, max_tokens=24)
+    out = chat.invoke(Q)
+    assert report.exact and report.fits
+    assert out.usage_metadata is not None
+    assert report.prompt_tokens == out.usage_metadata["input_tokens"]
+    assert chat.get_num_tokens_from_messages(Q) == report.prompt_tokens
+    assert chat.context_window == 2048
+
+
+def test_overflow_raises_before_generation(llama_cpp_available: str) -> None:
+    small = ChatLlamaCpp(model_path=llama_cpp_available, n_ctx=128, max_tokens=16)
+    long = [HumanMessage("word " * 200)]
+    with pytest.raises(ContextWindowExceededError) as info:
+        small.invoke(long)
+    assert info.value.limit == 128 and info.value.prompt_tokens > 128
+    assert not small.is_valid_prompt(long)
+
+
+def test_clamp_lowers_max_tokens(llama_cpp_available: str) -> None:
+    small = ChatLlamaCpp(
+        model_path=llama_cpp_available, n_ctx=128, temperature=0, context_overflow="clamp"
+    )
+    msgs = [HumanMessage("word " * 40)]
+    report = small.check_fit(msgs, max_tokens=500)
+    assert not report.fits
+    out = small.invoke(msgs, max_tokens=500)
+    assert out.usage_metadata is not None
+    assert out.usage_metadata["input_tokens"] + out.usage_metadata["output_tokens"] <= 128
+
+
+def test_one_engine_shared_by_instances(llama_cpp_available: str, chat: ChatLlamaCpp) -> None:
+    other = ChatLlamaCpp(model_path=llama_cpp_available, temperature=0.7)
+    assert other.engine is chat.engine
+    completion = LlamaCpp(model_path=llama_cpp_available)
+    assert completion.engine is chat.engine
+
+
+def test_threads_share_the_model_safely(chat: ChatLlamaCpp) -> None:
+    results: list[str] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            results.append(str(chat.invoke(Q).content))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(results) == 4 and len(set(results)) == 1  # temperature 0: the same answer
+
+
+def test_health_is_free_and_ready(chat: ChatLlamaCpp) -> None:
+    h = chat.health()
+    assert h.alive and h.ready and h.context_window == 2048
+    assert asyncio.run(chat.ais_alive())
+
+
+def test_unknown_sampling_key_is_refused_by_name(chat: ChatLlamaCpp) -> None:
+    with pytest.raises(InvalidInputError, match="typical_q"):
+        chat.invoke(Q, typical_q=0.5)
+
+
+def test_structured_output_is_schema_constrained(chat: ChatLlamaCpp) -> None:
+    class City(BaseModel):
+        name: str
+        country: str
+
+    out = chat.with_structured_output(City).invoke("Name a city in Italy.", max_tokens=60)
+    assert isinstance(out, City)
+
+
+def test_forced_tool_call(chat: ChatLlamaCpp) -> None:
+    def get_weather(city: str) -> str:
+        """Get the weather for a city."""
+        return "sunny"
+
+    msg = chat.bind_tools([get_weather], tool_choice="get_weather").invoke(
+        "Weather in Paris?", max_tokens=60
+    )
+    assert msg.tool_calls and msg.tool_calls[0]["name"] == "get_weather"
+    assert "city" in msg.tool_calls[0]["args"]
+
+
+def test_completion_model(llama_cpp_available: str) -> None:
+    llm = LlamaCpp(model_path=llama_cpp_available, temperature=0, max_tokens=12)
+    text = llm.invoke("The capital of France is")
+    streamed = "".join(llm.stream("The capital of France is"))
+    assert text and text == streamed
+    result = llm.generate(["Once upon a time"])
+    info = result.generations[0][0].generation_info or {}
+    assert info["finish_reason"] in ("stop", "length") and info["usage"][
+        "prompt_tokens"
+    ] == llm.count_tokens("Once upon a time")

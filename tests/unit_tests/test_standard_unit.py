@@ -1,0 +1,25 @@
+"""langchain-tests' ChatModelUnitTests for the server chat model (no network)."""
+
+from __future__ import annotations
+
+from langchain_tests.unit_tests import ChatModelUnitTests
+
+from langchain_multillm import ChatVLLMServer
+
+
+class TestChatVLLMServerUnit(ChatModelUnitTests):
+    @property
+    def chat_model_class(self) -> type[ChatVLLMServer]:
+        return ChatVLLMServer
+
+    @property
+    def chat_model_params(self) -> dict:
+        return {"model": "smollm2", "base_url": "http://127.0.0.1:9/v1"}
+
+    @property
+    def init_from_env_params(self) -> tuple[dict, dict, dict]:
+        return (
+            {"VLLM_BASE_URL": "http://127.0.0.1:9/v1", "VLLM_API_KEY": "env-key"},
+            {"model": "smollm2"},
+            {"base_url": "http://127.0.0.1:9/v1", "api_key": "env-key"},
+        )
