@@ -46,7 +46,7 @@ from langchain_core.outputs import (
 from langchain_core.prompt_values import PromptValue
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
-from langchain_multillm._retry import aretrying, retrying
+from langchain_multillm._retry import acall, aretrying, call, retrying
 from langchain_multillm.errors import (
     IncompleteResponseError,
     InvalidInputError,
@@ -230,19 +230,23 @@ class ModelSurface(BaseModel):
             if profile:
                 object.__setattr__(self, "profile", profile)
 
+    @property
+    def _retries(self) -> int:
+        return int(getattr(self, "max_retries", 0))
+
     def get_limits(self) -> Limits:
         """The model's limits: what was set, else what the backend reports (asked once)."""
         if self._limits is None:
             with self._limits_lock:
                 if self._limits is None:
-                    return self._merge_limits(self._fetch_limits())
+                    return self._merge_limits(call(self._retries, self._fetch_limits))
         assert self._limits is not None
         return self._limits
 
     async def aget_limits(self) -> Limits:
         """Async twin of :meth:`get_limits`."""
         if self._limits is None:
-            return self._merge_limits(await self._afetch_limits())
+            return self._merge_limits(await acall(self._retries, self._afetch_limits))
         return self._limits
 
     # ---- counting and fit ----
@@ -388,7 +392,8 @@ class ModelSurface(BaseModel):
         mt = params.get("max_tokens")
         report = self._fit(prompt, mt, limits)
         if report is None:
-            report = self._fit_exact(prompt, self._count_exact(prompt), mt, limits)
+            n = call(self._retries, self._count_exact, prompt)
+            report = self._fit_exact(prompt, n, mt, limits)
         return self._apply(report, policy, params)
 
     async def _agate(
@@ -401,7 +406,8 @@ class ModelSurface(BaseModel):
         mt = params.get("max_tokens")
         report = self._fit(prompt, mt, limits)
         if report is None:
-            report = self._fit_exact(prompt, await self._acount_exact(prompt), mt, limits)
+            n = await acall(self._retries, self._acount_exact, prompt)
+            report = self._fit_exact(prompt, n, mt, limits)
         return self._apply(report, policy, params)
 
 
@@ -432,20 +438,31 @@ def merge_params(
     return params
 
 
-def first_then_rest(max_retries: int, factory: Any) -> Iterator[Any]:
-    """Run ``factory()`` with retries until its first item arrives, then yield everything."""
+def first_then_rest(max_retries: int, factory: Any, run_manager: Any = None) -> Iterator[Any]:
+    """Run ``factory()`` with retries until its first item arrives, then yield everything
+    (each item reported to ``run_manager`` as a new token)."""
     first: Any = None
+    it: Any = None
     for attempt in retrying(max_retries):
         with attempt:
             it = factory()
             first = next(it, None)
     if first is None:
         raise IncompleteResponseError("the stream ended before any output")
+    for item in _chain(first, it):
+        if run_manager:
+            run_manager.on_llm_new_token(item.text, chunk=item)
+        yield item
+
+
+def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
     yield first
-    yield from it
+    yield from rest
 
 
-async def afirst_then_rest(max_retries: int, factory: Any) -> AsyncIterator[Any]:
+async def afirst_then_rest(
+    max_retries: int, factory: Any, run_manager: Any = None
+) -> AsyncIterator[Any]:
     """Async twin of :func:`first_then_rest`."""
     first: Any = None
     ait: Any = None
@@ -458,9 +475,15 @@ async def afirst_then_rest(max_retries: int, factory: Any) -> AsyncIterator[Any]
                 first = None
     if first is None:
         raise IncompleteResponseError("the stream ended before any output")
-    yield first
-    async for item in ait:
+    item = first
+    while True:
+        if run_manager:
+            await run_manager.on_llm_new_token(item.text, chunk=item)
         yield item
+        try:
+            item = await ait.__anext__()
+        except StopAsyncIteration:
+            return
 
 
 # ------------------------------------------------------------------ chat
@@ -560,7 +583,7 @@ class MultiLLMChatModel(ModelSurface, _Sampling, BaseChatModel):
         if isinstance(x, PromptValue):
             return Prompt(messages=x.to_messages(), tools=tool_dicts)
         if isinstance(x, str):
-            if for_fit:
+            if for_fit or tool_dicts:
                 return Prompt(messages=[HumanMessage(x)], tools=tool_dicts)
             return Prompt(text=x)
         return Prompt(messages=list(x), tools=tool_dicts)
@@ -622,7 +645,7 @@ class MultiLLMChatModel(ModelSurface, _Sampling, BaseChatModel):
         if self.streaming:
             return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
         req = self._prepare(messages, stop, kwargs, stream=False)
-        return retrying(self.max_retries)(self._chat, req)
+        return call(self.max_retries, self._chat, req)
 
     async def _agenerate(
         self,
@@ -634,7 +657,7 @@ class MultiLLMChatModel(ModelSurface, _Sampling, BaseChatModel):
         if self.streaming:
             return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
         req = await self._aprepare(messages, stop, kwargs, stream=False)
-        return await aretrying(self.max_retries)(self._achat, req)
+        return await acall(self.max_retries, self._achat, req)
 
     def _stream(
         self,
@@ -644,10 +667,7 @@ class MultiLLMChatModel(ModelSurface, _Sampling, BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         req = self._prepare(messages, stop, kwargs, stream=True)
-        for chunk in first_then_rest(self.max_retries, lambda: self._chat_stream(req)):
-            if run_manager:
-                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-            yield chunk
+        yield from first_then_rest(self.max_retries, lambda: self._chat_stream(req), run_manager)
 
     async def _astream(
         self,
@@ -657,9 +677,9 @@ class MultiLLMChatModel(ModelSurface, _Sampling, BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         req = await self._aprepare(messages, stop, kwargs, stream=True)
-        async for chunk in afirst_then_rest(self.max_retries, lambda: self._achat_stream(req)):
-            if run_manager:
-                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+        async for chunk in afirst_then_rest(
+            self.max_retries, lambda: self._achat_stream(req), run_manager
+        ):
             yield chunk
 
 
@@ -745,7 +765,7 @@ class MultiLLMCompletionModel(ModelSurface, _Sampling, BaseLLM):
                 gens.append([_join(chunks)])
                 continue
             req = self._prepare(prompt, stop, kwargs, stream=False)
-            gens.append([retrying(self.max_retries)(self._complete, req)])
+            gens.append([call(self.max_retries, self._complete, req)])
         return LLMResult(generations=gens, llm_output={"model_name": self.model_name})
 
     async def _agenerate(
@@ -759,7 +779,7 @@ class MultiLLMCompletionModel(ModelSurface, _Sampling, BaseLLM):
             if self.streaming:
                 return _join([c async for c in self._astream(prompt, stop, run_manager, **kwargs)])
             req = await self._aprepare(prompt, stop, kwargs, stream=False)
-            return await aretrying(self.max_retries)(self._acomplete, req)
+            return await acall(self.max_retries, self._acomplete, req)
 
         gens = await asyncio.gather(*(one(p) for p in prompts))
         return LLMResult(
@@ -774,10 +794,9 @@ class MultiLLMCompletionModel(ModelSurface, _Sampling, BaseLLM):
         **kwargs: Any,
     ) -> Iterator[GenerationChunk]:
         req = self._prepare(prompt, stop, kwargs, stream=True)
-        for chunk in first_then_rest(self.max_retries, lambda: self._complete_stream(req)):
-            if run_manager:
-                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-            yield chunk
+        yield from first_then_rest(
+            self.max_retries, lambda: self._complete_stream(req), run_manager
+        )
 
     async def _astream(
         self,
@@ -787,9 +806,9 @@ class MultiLLMCompletionModel(ModelSurface, _Sampling, BaseLLM):
         **kwargs: Any,
     ) -> AsyncIterator[GenerationChunk]:
         req = await self._aprepare(prompt, stop, kwargs, stream=True)
-        async for chunk in afirst_then_rest(self.max_retries, lambda: self._acomplete_stream(req)):
-            if run_manager:
-                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+        async for chunk in afirst_then_rest(
+            self.max_retries, lambda: self._acomplete_stream(req), run_manager
+        ):
             yield chunk
 
 

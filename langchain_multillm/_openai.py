@@ -268,11 +268,14 @@ class ChatStream:
         self.tool_text: list[str] = []
         self._tool_seen: dict[Any, set[str]] = {}
         self.id: str | None = None
+        self.fingerprint: str | None = None
         self.usage_fallback = usage_fallback
 
     def feed(self, chunk: dict[str, Any]) -> ChatGenerationChunk | None:
         """One stream chunk in; a LangChain chunk out, or None for bookkeeping-only chunks."""
         self.id = self.id or chunk.get("id")
+        if chunk.get("system_fingerprint"):
+            self.fingerprint = chunk["system_fingerprint"]
         if self.model_from_chunks and chunk.get("model"):
             self.model = chunk["model"]
         if chunk.get("usage"):
@@ -332,11 +335,14 @@ class ChatStream:
         usage = self.usage
         if usage is None and self.usage_fallback is not None:
             usage = self.usage_fallback(self.output_text())
+        meta = {"finish_reason": self.finish_reason, "model_name": self.model}
+        if self.fingerprint:
+            meta["system_fingerprint"] = self.fingerprint
         return ChatGenerationChunk(
             message=AIMessageChunk(
                 content="",
                 usage_metadata=usage,
-                response_metadata={"finish_reason": self.finish_reason, "model_name": self.model},
+                response_metadata=meta,
                 id=self.id,
                 chunk_position="last",
             ),

@@ -8,13 +8,16 @@ retrying once it has yielded anything).
 from __future__ import annotations
 
 import random
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
 from langchain_multillm.errors import MultiLLMError
 
-__all__ = ["aretrying", "is_retryable", "retrying"]
+__all__ = ["acall", "aretrying", "call", "is_retryable", "retrying"]
+
+T = TypeVar("T")
 
 INITIAL_DELAY_S = 0.5
 MAX_DELAY_S = 20.0
@@ -44,6 +47,20 @@ def _kwargs(max_retries: int, max_delay: float) -> dict[str, Any]:
         "retry": retry_if_exception(is_retryable),
         "reraise": True,
     }
+
+
+def call(max_retries: int, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` under the retry policy (straight through when no retry is allowed)."""
+    if max_retries <= 0:
+        return fn(*args)
+    return retrying(max_retries)(fn, *args)
+
+
+async def acall(max_retries: int, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Async twin of :func:`call`."""
+    if max_retries <= 0:
+        return await fn(*args)
+    return await aretrying(max_retries)(fn, *args)
 
 
 def retrying(max_retries: int, max_delay: float = MAX_DELAY_S) -> Retrying:

@@ -278,7 +278,8 @@ def chat_bound(prompt: Any, template: TemplateBound | None) -> int | None:
             isinstance(b, dict) and b.get("type") not in (None, "text") for b in m.content
         ):
             return None
-        pairs.append((ROLE_OF.get(m.type, getattr(m, "role", m.type)), "\n".join(text_of(m))))
+        role = ROLE_OF.get(m.type) or getattr(m, "role", m.type)
+        pairs.append((role, "\n".join(text_of(m))))
     tools_bytes = len(json.dumps(prompt.tools).encode("utf-8")) if prompt.tools else 0
     if template is not None and not prompt.tools:
         return template.bound(pairs)
@@ -301,6 +302,6 @@ def text_of(message: Any) -> list[str]:
     """Every piece of text a message carries: content, and tool calls' names and arguments."""
     content = message.content
     out = [message.text if isinstance(content, list) else str(content)]
-    for tc in getattr(message, "tool_calls", None) or []:
+    for tc in message.tool_calls if message.type == "ai" else ():
         out.append(tc["name"] + json.dumps(tc["args"]))
     return out

@@ -79,6 +79,11 @@ class _ServerConnection(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
 
+    model_name: str = Field(
+        default_factory=from_env(["VLLM_MODEL", "LLM_MODEL_NAME"], default=""), alias="model"
+    )
+    """Served model name (env ``VLLM_MODEL``, then ``LLM_MODEL_NAME``)."""
+
     base_url: str | None = Field(
         default_factory=from_env(["VLLM_BASE_URL", "LLM_MODEL_SERVER_ENDPOINT"], default=None),
         alias="openai_api_base",
@@ -157,6 +162,10 @@ class _ServerConnection(BaseModel):
 
     @model_validator(mode="after")
     def _check_connection(self) -> _ServerConnection:
+        if not self.model_name.strip():
+            raise InvalidInputError(
+                "model", "is required: pass model=... or set VLLM_MODEL (or LLM_MODEL_NAME)"
+            )
         if not self.base_url:
             raise InvalidInputError(
                 "base_url",
@@ -333,6 +342,15 @@ class _ServerConnection(BaseModel):
                 self._tokenize = False
         return self._tokenize
 
+    def _count_output(self, text: str) -> int:
+        """Tokens of generated text (no BOS or other special tokens added)."""
+        body = {"model": self.model_name, "prompt": text, "add_special_tokens": False}
+        return _count_of(self._post_json(f"{self._root}/tokenize", body)) if text else 0
+
+    async def _acount_output(self, text: str) -> int:
+        body = {"model": self.model_name, "prompt": text, "add_special_tokens": False}
+        return _count_of(await self._apost_json(f"{self._root}/tokenize", body)) if text else 0
+
     def _tokenize_body(self, prompt: Prompt | list[dict[str, Any]]) -> dict[str, Any]:
         model = getattr(self, "model_name", None)
         if isinstance(prompt, list):
@@ -392,16 +410,16 @@ class _ServerConnection(BaseModel):
         limits = self._limits_from_models(models)
         served = [c.get("id") for c in models.get("data", [])]
         # No /health route (404: llama.cpp's server and others): /models decides.
-        health_ok = (
-            not isinstance(health, httpx.Response)
-            or health.status_code < 400
-            or health.status_code == 404
+        health_ok = isinstance(health, httpx.Response) and (
+            health.status_code < 400 or health.status_code == 404
         )
         ready = model in served and health_ok
         if ready:
             detail = f"serving {model}"
+        elif isinstance(health, Exception):
+            detail = f"/health failed: {describe(health)}"
         elif not health_ok:
-            detail = f"/health answered {health.status_code}"  # type: ignore[union-attr]
+            detail = f"/health answered {health.status_code}"
         else:
             detail = f"{model!r} is not served; the server has {served}"
         return HealthReport(
@@ -536,7 +554,7 @@ class ChatVLLMServer(_ServerConnection, OpenAIToolsMixin):
 
         def fill(text: str) -> UsageMetadata:
             p = self._count_exact(Prompt(messages=req.messages, tools=req.tools)) or 0
-            o = self.count_tokens(text) if text else 0
+            o = self._count_output(text)
             return UsageMetadata(input_tokens=p, output_tokens=o, total_tokens=p + o)
 
         return fill
@@ -576,7 +594,7 @@ class ChatVLLMServer(_ServerConnection, OpenAIToolsMixin):
         if state.usage is None and self.stream_usage and await self._atokenize_available():
             text = state.output_text()
             p = await self._acount_exact(Prompt(messages=req.messages, tools=req.tools)) or 0
-            o = await self.acount_tokens(text) if text else 0
+            o = await self._acount_output(text)
             state.usage = UsageMetadata(input_tokens=p, output_tokens=o, total_tokens=p + o)
         yield state.finish()
 

@@ -469,3 +469,87 @@ def test_completion_model() -> None:
     chain = ChatPromptTemplate.from_messages([("human", "say {x}")]) | llm
     assert chain.invoke({"x": "hi"}) == " world"
     assert fake.bodies[-1]["prompt"] == "Human: say hi"
+
+
+def test_count_tokens_of_text_with_tools_counts_the_tools() -> None:
+    fake = FakeServer()
+    m = model(fake)
+    seen: list[dict] = []
+    orig = fake.handler
+
+    def spy(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/tokenize":
+            seen.append(json.loads(request.content))
+        return orig(request)
+
+    m.http_client = httpx.Client(transport=httpx.MockTransport(spy))
+
+    def get_weather(city: str) -> str:
+        """Weather."""
+        return city
+
+    m.count_tokens("Weather?", tools=[get_weather])
+    assert seen[-1]["tools"][0]["function"]["name"] == "get_weather"
+    assert seen[-1]["messages"] == [{"role": "user", "content": "Weather?"}]
+
+
+def test_discovery_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeServer()
+    fails = {"n": 2}
+    orig = fake.handler
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models" and fails["n"] > 0:
+            fails["n"] -= 1
+            raise httpx.ConnectError("refused", request=request)
+        return orig(request)
+
+    monkeypatch.setattr("langchain_multillm._retry.INITIAL_DELAY_S", 0.01)
+    m = ChatVLLMServer(
+        model="m", base_url=BASE, max_retries=2, http_client=httpx.Client(transport=httpx.MockTransport(flaky))
+    )
+    assert m.invoke("hi").content == "hello"
+    assert fails["n"] == 0
+
+
+def test_model_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLM_MODEL_NAME", "seed-model")
+    assert ChatVLLMServer(base_url=BASE).model_name == "seed-model"
+    monkeypatch.setenv("VLLM_MODEL", "vllm-model")
+    assert ChatVLLMServer(base_url=BASE).model_name == "vllm-model"
+    monkeypatch.delenv("VLLM_MODEL")
+    monkeypatch.delenv("LLM_MODEL_NAME")
+    with pytest.raises((ValidationError, InvalidInputError), match="VLLM_MODEL"):
+        ChatVLLMServer(base_url=BASE)
+
+
+def test_health_error_on_health_route_is_not_ready() -> None:
+    fake = FakeServer()
+    orig = fake.handler
+
+    def broken(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/health":
+            raise httpx.ReadTimeout("slow", request=request)
+        return orig(request)
+
+    m = ChatVLLMServer(model="m", base_url=BASE, http_client=httpx.Client(transport=httpx.MockTransport(broken)))
+    h = m.health()
+    assert h.alive and not h.ready and "/health failed" in h.detail
+
+
+def test_stream_metadata_matches_invoke() -> None:
+    fake = FakeServer()
+    body = completion("hello")
+    body["system_fingerprint"] = "fp1"
+    ev = [chunk("hello"), chunk(finish="stop"), chunk(usage=body["usage"])]
+    for e in ev:
+        e["system_fingerprint"] = "fp1"
+    fake.chat = [httpx.Response(200, json=body), httpx.Response(200, content=sse(ev))]
+    m = model(fake)
+    inv = m.invoke("hi")
+    parts = list(m.stream("hi"))
+    full = parts[0]
+    for c in parts[1:]:
+        full += c
+    assert full.response_metadata == inv.response_metadata
+    assert full.usage_metadata == inv.usage_metadata
