@@ -128,10 +128,16 @@ def _tool_calls(raw: list[dict[str, Any]] | None) -> tuple[list[ToolCall], list[
     for rc in raw or []:
         try:
             parsed = parse_tool_call(rc, return_id=True)
-            if parsed is not None:
-                calls.append(parsed)  # type: ignore[arg-type]
-        except Exception as exc:
+        except Exception as exc:  # a bad call is reported, not raised
             invalid.append(make_invalid_tool_call(rc, str(exc)))
+            continue
+        if parsed is None:
+            continue
+        if not isinstance(parsed.get("args"), dict):
+            # Valid JSON that is not an object (a list, a string) is no call's arguments.
+            invalid.append(make_invalid_tool_call(rc, "arguments are not a JSON object"))
+            continue
+        calls.append(parsed)  # type: ignore[arg-type]
     return calls, invalid
 
 

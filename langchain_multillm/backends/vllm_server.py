@@ -151,6 +151,7 @@ class _ServerConnection(BaseModel):
 
     _sync: httpx.Client | None = PrivateAttr(default=None)
     _async: httpx.AsyncClient | None = PrivateAttr(default=None)
+    _async_loop: asyncio.AbstractEventLoop | None = PrivateAttr(default=None)
     _auth: httpx.Auth | None = PrivateAttr(default=None)
     _bound: TemplateBound | None = PrivateAttr(default=None)
     _tokenize: bool | None = PrivateAttr(default=None)
@@ -223,7 +224,11 @@ class _ServerConnection(BaseModel):
     def _aclient(self) -> httpx.AsyncClient:
         if self.http_async_client is not None:
             return self.http_async_client
-        if self._async is None:
+        # An async client's connections belong to the event loop that opened them: a new loop
+        # (a second asyncio.run, a notebook restarted) gets a new client.
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async_loop is not loop:
+            self._async_loop = loop
             self._async = httpx.AsyncClient(
                 **client_kwargs(self.timeout, self.verify_ssl, self._auth_flow())
             )

@@ -553,3 +553,41 @@ def test_stream_metadata_matches_invoke() -> None:
         full += c
     assert full.response_metadata == inv.response_metadata
     assert full.usage_metadata == inv.usage_metadata
+
+
+@pytest.mark.parametrize("args", ['[0]', '"HelloGroup"', "{not json"])
+def test_tool_call_with_arguments_that_are_not_an_object_is_invalid(args: str) -> None:
+    fake = FakeServer()
+    body = completion("")
+    body["choices"][0]["message"]["tool_calls"] = [
+        {"id": "t1", "type": "function", "function": {"name": "f", "arguments": args}}
+    ]
+    body["choices"][0]["finish_reason"] = "tool_calls"
+    fake.chat = [httpx.Response(200, json=body)]
+    msg = model(fake).invoke("hi")
+    assert msg.tool_calls == []
+    assert msg.invalid_tool_calls[0]["name"] == "f" and msg.invalid_tool_calls[0]["args"] == args
+
+
+def test_async_client_follows_the_event_loop() -> None:
+    fake = FakeServer()
+    transport = httpx.MockTransport(fake.handler)
+    m = ChatVLLMServer(model="m", base_url=BASE, max_retries=0)
+    # Replace the transport of every async client the model creates with the fake's.
+    import langchain_multillm._http as h
+
+    orig = h.client_kwargs
+
+    def kw(*a, **k):
+        out = orig(*a, **k)
+        out["transport"] = transport
+        return out
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr("langchain_multillm.backends.vllm_server.client_kwargs", kw)
+    try:
+        first = asyncio.run(m.ainvoke("hi"))
+        second = asyncio.run(m.ainvoke("hi"))  # a new loop: a new client, no "loop is closed"
+    finally:
+        mp.undo()
+    assert first.content == second.content == "hello"
