@@ -60,11 +60,15 @@ class TestChatLlamaCppIntegration(ChatModelIntegrationTests):
     # handler, not of this package; strict=False because sampling sometimes gets lucky.
 
     @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
-    @pytest.mark.xfail(reason="SmolLM2-135M fills the forced, schema-valid call with a wrong argument")
+    @pytest.mark.xfail(
+        reason="SmolLM2-135M fills the forced, schema-valid call with a wrong argument"
+    )
     def test_tool_calling(self, model: Any) -> None:
         super().test_tool_calling(model)
 
-    @pytest.mark.xfail(reason="SmolLM2-135M fills the forced, schema-valid call with a wrong argument")
+    @pytest.mark.xfail(
+        reason="SmolLM2-135M fills the forced, schema-valid call with a wrong argument"
+    )
     async def test_tool_calling_async(self, model: Any) -> None:
         await super().test_tool_calling_async(model)
 
@@ -75,7 +79,9 @@ class TestChatLlamaCppIntegration(ChatModelIntegrationTests):
     def test_tool_choice(self, model: Any) -> None:
         super().test_tool_choice(model)
 
-    @pytest.mark.xfail(reason="json_mode constrains to any JSON object; SmolLM2-135M nests the fields")
+    @pytest.mark.xfail(
+        reason="json_mode constrains to any JSON object; SmolLM2-135M nests the fields"
+    )
     def test_json_mode(self, model: Any) -> None:
         super().test_json_mode(model)
 

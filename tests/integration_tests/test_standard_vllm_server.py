@@ -70,6 +70,8 @@ class TestChatVLLMServerIntegration(ChatModelIntegrationTests):
     def test_unicode_tool_call_integration(self, model: Any, **kwargs: Any) -> None:
         super().test_unicode_tool_call_integration(model, **kwargs)
 
-    @pytest.mark.xfail(reason="json_mode constrains to any JSON object; SmolLM2-135M nests the fields")
+    @pytest.mark.xfail(
+        reason="json_mode constrains to any JSON object; SmolLM2-135M nests the fields"
+    )
     def test_json_mode(self, model: Any) -> None:
         super().test_json_mode(model)

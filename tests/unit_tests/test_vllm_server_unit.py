@@ -506,7 +506,10 @@ def test_discovery_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr("langchain_multillm._retry.INITIAL_DELAY_S", 0.01)
     m = ChatVLLMServer(
-        model="m", base_url=BASE, max_retries=2, http_client=httpx.Client(transport=httpx.MockTransport(flaky))
+        model="m",
+        base_url=BASE,
+        max_retries=2,
+        http_client=httpx.Client(transport=httpx.MockTransport(flaky)),
     )
     assert m.invoke("hi").content == "hello"
     assert fails["n"] == 0
@@ -532,7 +535,9 @@ def test_health_error_on_health_route_is_not_ready() -> None:
             raise httpx.ReadTimeout("slow", request=request)
         return orig(request)
 
-    m = ChatVLLMServer(model="m", base_url=BASE, http_client=httpx.Client(transport=httpx.MockTransport(broken)))
+    m = ChatVLLMServer(
+        model="m", base_url=BASE, http_client=httpx.Client(transport=httpx.MockTransport(broken))
+    )
     h = m.health()
     assert h.alive and not h.ready and "/health failed" in h.detail
 
@@ -555,7 +560,7 @@ def test_stream_metadata_matches_invoke() -> None:
     assert full.usage_metadata == inv.usage_metadata
 
 
-@pytest.mark.parametrize("args", ['[0]', '"HelloGroup"', "{not json"])
+@pytest.mark.parametrize("args", ["[0]", '"HelloGroup"', "{not json"])
 def test_tool_call_with_arguments_that_are_not_an_object_is_invalid(args: str) -> None:
     fake = FakeServer()
     body = completion("")
