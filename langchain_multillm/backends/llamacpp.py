@@ -45,7 +45,7 @@ from langchain_multillm.errors import (
     MultiLLMError,
 )
 from langchain_multillm.fit import Limits
-from langchain_multillm.health import HealthReport
+from langchain_multillm.health import HealthReport, down
 
 __all__ = ["ChatLlamaCpp", "LlamaCpp", "default_model_path"]
 
@@ -254,17 +254,36 @@ class _LlamaModel(ModelSurface):
         )
 
     def _health(self) -> HealthReport:
+        """Never loads the model (that can take longer than ``health_timeout``): alive means
+        the GGUF file is there and readable, ready means this model is loaded and tokenizes."""
         started = time.perf_counter()
-        eng = self.engine  # loads the model if needed: alive means the file loads
+        name = Path(self.model_path).name
+        model = getattr(self, "model_name", None)
+        try:
+            with open(self.model_path, "rb") as f:
+                magic = f.read(4)
+        except OSError as exc:
+            return down(started, model, f"{name}: {exc}")
+        if magic != b"GGUF":
+            return down(started, model, f"{name} is not a GGUF file")
+        eng = self._loaded or _MODELS.get(self._key())
+        if eng is None:
+            return HealthReport(
+                alive=True,
+                ready=False,
+                latency_s=time.perf_counter() - started,
+                model=model,
+                context_window=self.n_ctx,
+                detail=f"{name} is not loaded yet (it loads on first use)",
+            )
         ready = len(eng.llama.tokenize(b"ok", add_bos=False, special=False)) > 0
         return HealthReport(
             alive=True,
             ready=ready,
             latency_s=time.perf_counter() - started,
-            model=getattr(self, "model_name", None),
+            model=model,
             context_window=eng.n_ctx,
-            detail=f"{Path(self.model_path).name} loaded "
-            f"(n_ctx={eng.n_ctx}, load {eng.load_s:.2f}s)",
+            detail=f"{name} loaded (n_ctx={eng.n_ctx}, load {eng.load_s:.2f}s)",
         )
 
     def _llama_params(self, params: dict[str, Any], *, chat: bool) -> dict[str, Any]:

@@ -103,9 +103,21 @@ def test_threads_share_the_model_safely(chat: ChatLlamaCpp) -> None:
 
 
 def test_health_is_free_and_ready(chat: ChatLlamaCpp) -> None:
+    chat.invoke("hi", max_tokens=1)
     h = chat.health()
     assert h.alive and h.ready and h.context_window == 2048
     assert asyncio.run(chat.ais_alive())
+
+
+def test_health_never_loads_a_model(llama_cpp_available: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cold = ChatLlamaCpp(model_path=llama_cpp_available, n_ctx=1024)
+    h = cold.health()
+    assert h.alive and not h.ready and "not loaded" in h.detail
+    assert cold._loaded is None
+    bogus = tmp_path / "x.gguf"
+    bogus.write_bytes(b"nope")
+    h = ChatLlamaCpp(model_path=str(bogus)).health()
+    assert not h.alive and "not a GGUF" in h.detail
 
 
 def test_unknown_sampling_key_is_refused_by_name(chat: ChatLlamaCpp) -> None:
