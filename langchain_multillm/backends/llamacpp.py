@@ -44,7 +44,7 @@ from langchain_multillm.errors import (
     InvalidInputError,
     MultiLLMError,
 )
-from langchain_multillm.fit import Limits
+from langchain_multillm.fit import Limits, TemplateBound, chat_bound
 from langchain_multillm.health import HealthReport, down
 
 __all__ = ["ChatLlamaCpp", "LlamaCpp", "default_model_path"]
@@ -91,6 +91,7 @@ class _Loaded:
     formatter: Any  # llama_cpp.llama_chat_format.Jinja2ChatFormatter | None
     n_ctx: int
     load_s: float
+    bound: TemplateBound | None = None  # the chat template's own tokens, measured at load
 
 
 _MODELS: dict[tuple[Any, ...], _Loaded] = {}
@@ -140,6 +141,14 @@ def load_model(key: tuple[Any, ...], kwargs: dict[str, Any]) -> _Loaded:
         # asked for: the usable window is the smaller one.
         n_ctx = min(int(kwargs["n_ctx"]), int(llama.n_ctx()))
         loaded = _Loaded(llama, threading.Lock(), formatter, n_ctx, time.perf_counter() - started)
+        if formatter is not None:
+
+            def count(messages: list[dict[str, str]]) -> int:
+                rendered = formatter(messages=messages)
+                data = rendered.prompt.encode("utf-8")
+                return len(llama.tokenize(data, add_bos=not rendered.added_special, special=True))
+
+            loaded.bound = TemplateBound.measure(count)
         _MODELS[key] = loaded
         return loaded
 
@@ -234,6 +243,12 @@ class _LlamaModel(ModelSurface):
             )
         data = text.encode("utf-8")
         return len(self.engine.llama.tokenize(data, add_bos=prompt, special=prompt))
+
+    def _count_bound(self, prompt: Prompt) -> int | None:
+        eng = self._loaded
+        if eng is None or (prompt.text is None and eng.bound is None):
+            return None
+        return chat_bound(prompt, eng.bound)
 
     def _count_exact(self, prompt: Prompt) -> int | None:
         if prompt.text is not None:

@@ -45,14 +45,18 @@ def test_invoke_stream_ainvoke_astream_agree(chat: ChatLlamaCpp) -> None:
     assert inv.content and inv.usage_metadata and inv.usage_metadata["output_tokens"] > 0
 
 
-def test_fit_is_exact_and_matches_the_prompt_the_engine_saw(chat: ChatLlamaCpp) -> None:
-    report = chat.check_fit(Q, max_tokens=24)
+def test_count_is_exact_and_matches_the_prompt_the_engine_saw(chat: ChatLlamaCpp) -> None:
     out = chat.invoke(Q)
-    assert report.exact and report.fits
     assert out.usage_metadata is not None
-    assert report.prompt_tokens == out.usage_metadata["input_tokens"]
-    assert chat.get_num_tokens_from_messages(Q) == report.prompt_tokens
+    assert chat.count_tokens(Q) == out.usage_metadata["input_tokens"]
+    assert chat.get_num_tokens_from_messages(Q) == out.usage_metadata["input_tokens"]
     assert chat.context_window == 2048
+
+
+def test_near_the_limit_the_check_counts_exactly(chat: ChatLlamaCpp) -> None:
+    n = chat.count_tokens(Q)
+    report = chat.check_fit(Q, max_tokens=2048 - n)  # the bound says no; the exact count fits
+    assert report.exact and report.fits and report.prompt_tokens == n and report.room == 2048 - n
 
 
 def test_overflow_raises_before_generation(llama_cpp_available: str) -> None:
@@ -156,3 +160,41 @@ def test_completion_model(llama_cpp_available: str) -> None:
     assert info["finish_reason"] in ("stop", "length") and info["usage"][
         "prompt_tokens"
     ] == llm.count_tokens("Once upon a time")
+
+
+def test_bound_never_under_counts_and_decides_far_from_the_limit(chat: ChatLlamaCpp) -> None:
+    import random
+    import string
+
+    from langchain_core.messages import AIMessage
+
+    from langchain_multillm._base import Prompt
+
+    chat.get_limits()
+    rng = random.Random(11)
+    alphabet = string.ascii_letters + string.digits + " \n.,!?éüß中文😀<>|{}"
+
+    def text(n: int) -> str:
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, n)))
+
+    for _ in range(200):
+        msgs = [SystemMessage(text(80)), HumanMessage(text(200)), AIMessage(text(80)), HumanMessage(text(120))]
+        msgs = msgs[rng.choice([0, 1]) : rng.randint(2, 4)]
+        bound = chat._count_bound(Prompt(messages=msgs))
+        exact = chat.count_tokens(msgs)
+        assert bound is not None
+        assert bound >= exact, (msgs, bound, exact)
+    far = chat.check_fit(Q, max_tokens=24)
+    assert far.fits and not far.exact  # decided by the bound, no tokenization
+
+
+def test_trim_messages_uses_the_exact_counter(chat: ChatLlamaCpp) -> None:
+    from langchain_core.messages import AIMessage, trim_messages
+
+    history = [SystemMessage("Be brief.")]
+    for i in range(30):
+        history += [HumanMessage(f"Question number {i} about the sea?"), AIMessage(f"Answer {i}: it is wet.")]
+    trimmed = trim_messages(history, max_tokens=200, token_counter=chat, strategy="last", include_system=True)
+    assert 1 < len(trimmed) < len(history)
+    assert chat.get_num_tokens_from_messages(trimmed) <= 200
+    assert chat.count_tokens(trimmed) <= 200
