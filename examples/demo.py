@@ -27,7 +27,8 @@ def main() -> None:
         usage = chunk.usage_metadata or usage
     elapsed = time.perf_counter() - started
     print("\n")
-    print(f"fit:    {fit}")
+    print(f"fit:    {fit}")  # far from the limit: decided by the cheap bound
+    print(f"exact:  {llm.count_tokens(messages)} prompt tokens (the model's own tokenizer)")
     if usage:
         rate = usage["output_tokens"] / elapsed if elapsed > 0 else 0.0
         print(
