@@ -18,7 +18,7 @@ import threading
 import time
 import warnings
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from langchain_core.callbacks import (
@@ -87,7 +87,6 @@ class ChatRequest:
     fit: FitReport
     stream: bool = False
     tools: list[dict[str, Any]] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
