@@ -144,7 +144,7 @@ def load_model(key: tuple[Any, ...], kwargs: dict[str, Any]) -> _Loaded:
         if formatter is not None:
 
             def count(messages: list[dict[str, str]]) -> int:
-                rendered = formatter(messages=messages)
+                rendered = formatter(messages=messages)  # type: ignore[arg-type]
                 data = rendered.prompt.encode("utf-8")
                 return len(llama.tokenize(data, add_bos=not rendered.added_special, special=True))
 

@@ -178,7 +178,12 @@ def test_bound_never_under_counts_and_decides_far_from_the_limit(chat: ChatLlama
         return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, n)))
 
     for _ in range(200):
-        msgs = [SystemMessage(text(80)), HumanMessage(text(200)), AIMessage(text(80)), HumanMessage(text(120))]
+        msgs = [
+            SystemMessage(text(80)),
+            HumanMessage(text(200)),
+            AIMessage(text(80)),
+            HumanMessage(text(120)),
+        ]
         msgs = msgs[rng.choice([0, 1]) : rng.randint(2, 4)]
         bound = chat._count_bound(Prompt(messages=msgs))
         exact = chat.count_tokens(msgs)
@@ -193,8 +198,13 @@ def test_trim_messages_uses_the_exact_counter(chat: ChatLlamaCpp) -> None:
 
     history = [SystemMessage("Be brief.")]
     for i in range(30):
-        history += [HumanMessage(f"Question number {i} about the sea?"), AIMessage(f"Answer {i}: it is wet.")]
-    trimmed = trim_messages(history, max_tokens=200, token_counter=chat, strategy="last", include_system=True)
+        history += [
+            HumanMessage(f"Question number {i} about the sea?"),
+            AIMessage(f"Answer {i}: it is wet."),
+        ]
+    trimmed = trim_messages(
+        history, max_tokens=200, token_counter=chat, strategy="last", include_system=True
+    )
     assert 1 < len(trimmed) < len(history)
     assert chat.get_num_tokens_from_messages(trimmed) <= 200
     assert chat.count_tokens(trimmed) <= 200
