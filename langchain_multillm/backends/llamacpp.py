@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import os
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -332,13 +334,73 @@ class _LlamaModel(ModelSurface):
         return out
 
     @staticmethod
-    def _force_tool(kwargs: dict[str, Any], tools: list[dict[str, Any]] | None) -> None:
-        """llama.cpp forces a call only to a named tool: "required" with one tool names it."""
-        if kwargs.get("tool_choice") == "required" and tools and len(tools) == 1:
-            kwargs["tool_choice"] = {
-                "type": "function",
-                "function": {"name": tools[0]["function"]["name"]},
-            }
+    def _force_tool(kwargs: dict[str, Any], tools: list[dict[str, Any]]) -> bool:
+        """Make ``tool_choice="required"`` hold on llama.cpp, which forces only a named tool.
+
+        One tool: name it. Several: constrain decoding to ``{"name": ..., "arguments": ...}``
+        for any of them (a grammar from their schemas); returns True, and the caller turns the
+        generated JSON into the call.
+        """
+        if kwargs.get("tool_choice") != "required":
+            return False
+        names = [t["function"]["name"] for t in tools]
+        if len(tools) == 1:
+            kwargs["tool_choice"] = {"type": "function", "function": {"name": names[0]}}
+            return False
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        schema = {
+            "anyOf": [
+                {
+                    "type": "object",
+                    "properties": {
+                        "name": {"const": t["function"]["name"]},
+                        "arguments": t["function"].get("parameters") or {"type": "object"},
+                    },
+                    "required": ["name", "arguments"],
+                }
+                for t in tools
+            ]
+        }
+        del kwargs["tool_choice"]
+        kwargs["grammar"] = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+        return True
+
+
+def _json_to_tool_call(
+    chunks: Iterator[dict[str, Any]], text: list[str]
+) -> Iterator[dict[str, Any]]:
+    """Turn a grammar-constrained ``{"name", "arguments"}`` answer into an OpenAI tool call.
+
+    The JSON is held back until the model finishes; an answer cut short (``length``) is
+    passed on as text with its finish reason, so nothing half-made looks like a call.
+    ``text`` collects what the model generated (for the usage count).
+    """
+    for chunk in chunks:
+        choices = chunk.get("choices") or []
+        choice = choices[0] if choices else {}
+        content = (choice.get("delta") or {}).get("content")
+        if content:
+            text.append(content)
+            continue
+        if not choice.get("finish_reason"):
+            yield chunk
+            continue
+        try:
+            call = json.loads("".join(text))
+            name, args = call["name"], call["arguments"]
+        except (ValueError, KeyError, TypeError):
+            yield {**chunk, "choices": [{"index": 0, "delta": {"content": "".join(text)}}]}
+            yield chunk
+            continue
+        tool_call = {
+            "index": 0,
+            "id": f"call_{uuid.uuid4().hex[:24]}",
+            "type": "function",
+            "function": {"name": name, "arguments": json.dumps(args)},
+        }
+        yield {**chunk, "choices": [{"index": 0, "delta": {"tool_calls": [tool_call]}}]}
+        yield {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}
 
 
 def _translate(exc: Exception) -> MultiLLMError:
@@ -402,12 +464,15 @@ class ChatLlamaCpp(_LlamaModel, OpenAIToolsMixin):
         kwargs = self._llama_params(req.params, chat=True)
         messages = to_openai_messages(req.messages)
         prompt_tokens = len(self._chat_tokens(Prompt(messages=req.messages, tools=req.tools)))
+        any_tool = False
         if req.tools:
             kwargs["tools"] = req.tools
-            self._force_tool(kwargs, req.tools)
+            any_tool = self._force_tool(kwargs, req.tools)
+
+        generated: list[str] = []  # the raw JSON, where a grammar-forced call is rebuilt
 
         def usage(text: str) -> UsageMetadata:
-            out = self._tokens(text, prompt=False)
+            out = self._tokens("".join(generated) or text, prompt=False)
             return UsageMetadata(
                 input_tokens=prompt_tokens, output_tokens=out, total_tokens=prompt_tokens + out
             )
@@ -418,7 +483,7 @@ class ChatLlamaCpp(_LlamaModel, OpenAIToolsMixin):
         raw = _locked_iter(
             eng, lambda: eng.llama.create_chat_completion(messages=messages, stream=True, **kwargs)
         )
-        yield from state.run(raw)
+        yield from state.run(_json_to_tool_call(raw, generated) if any_tool else raw)
 
     def _chat(self, req: ChatRequest) -> ChatResult:
         # One code path for both: invoke is the collected stream, so usage and metadata match.

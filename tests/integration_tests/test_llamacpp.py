@@ -208,3 +208,24 @@ def test_trim_messages_uses_the_exact_counter(chat: ChatLlamaCpp) -> None:
     assert 1 < len(trimmed) < len(history)
     assert chat.get_num_tokens_from_messages(trimmed) <= 200
     assert chat.count_tokens(trimmed) <= 200
+
+
+def test_required_over_several_tools_is_forced(chat: ChatLlamaCpp) -> None:
+    def magic_function(input: int) -> int:
+        """Applies a magic function to an input."""
+        return input + 2
+
+    def get_weather(location: str) -> str:
+        """Get the weather at a location."""
+        return "sunny"
+
+    bound = chat.bind_tools([magic_function, get_weather], tool_choice="any")
+    msg = bound.invoke("What is the weather in Paris?", max_tokens=60)
+    assert len(msg.tool_calls) == 1
+    call = msg.tool_calls[0]
+    assert call["name"] in ("magic_function", "get_weather")
+    assert set(call["args"]) == ({"input"} if call["name"] == "magic_function" else {"location"})
+    assert msg.response_metadata["finish_reason"] == "tool_calls"
+    streamed = _merge(list(bound.stream("What is the weather in Paris?", max_tokens=60)))
+    assert [(c["name"], c["args"]) for c in streamed.tool_calls] == [(call["name"], call["args"])]
+    assert streamed.usage_metadata == msg.usage_metadata

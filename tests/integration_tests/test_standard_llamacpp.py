@@ -73,13 +73,6 @@ class TestChatLlamaCppIntegration(ChatModelIntegrationTests):
         await super().test_tool_calling_async(model)
 
     @pytest.mark.xfail(
-        reason="llama-cpp-python forces a call only to one named tool; tool_choice='any' over "
-        "two tools leaves the choice to SmolLM2, whose chat template does not render tools"
-    )
-    def test_tool_choice(self, model: Any) -> None:
-        super().test_tool_choice(model)
-
-    @pytest.mark.xfail(
         reason="json_mode constrains to any JSON object; SmolLM2-135M nests the fields"
     )
     def test_json_mode(self, model: Any) -> None:
