@@ -6,10 +6,11 @@ import asyncio
 import threading
 
 import pytest
-from langchain_core.messages import AIMessageChunk, HumanMessage, SystemMessage
+from langchain_core.messages import HumanMessage, SystemMessage
 from pydantic import BaseModel
 
 from langchain_multillm import ChatLlamaCpp, ContextWindowExceededError, InvalidInputError, LlamaCpp
+from tests.integration_tests.parity import assert_four_ways_agree, merge
 
 pytestmark = [pytest.mark.llamacpp, pytest.mark.timeout(300)]
 
@@ -21,28 +22,8 @@ def chat(llama_cpp_available: str) -> ChatLlamaCpp:
     return ChatLlamaCpp(model_path=llama_cpp_available, temperature=0, max_tokens=24, seed=1)
 
 
-def _merge(chunks: list[AIMessageChunk]) -> AIMessageChunk:
-    full = chunks[0]
-    for c in chunks[1:]:
-        full += c
-    return full
-
-
 def test_invoke_stream_ainvoke_astream_agree(chat: ChatLlamaCpp) -> None:
-    inv = chat.invoke(Q)
-    st = _merge(list(chat.stream(Q)))
-    ainv = asyncio.run(chat.ainvoke(Q))
-
-    async def collect() -> list[AIMessageChunk]:
-        return [c async for c in chat.astream(Q)]
-
-    ast = _merge(asyncio.run(collect()))
-    for other in (st, ainv, ast):
-        assert other.content == inv.content
-        assert other.usage_metadata == inv.usage_metadata
-        assert other.response_metadata["finish_reason"] == inv.response_metadata["finish_reason"]
-        assert other.response_metadata["model_name"] == inv.response_metadata["model_name"]
-    assert inv.content and inv.usage_metadata and inv.usage_metadata["output_tokens"] > 0
+    assert_four_ways_agree(chat, Q)
 
 
 def test_count_is_exact_and_matches_the_prompt_the_engine_saw(chat: ChatLlamaCpp) -> None:
@@ -226,6 +207,6 @@ def test_required_over_several_tools_is_forced(chat: ChatLlamaCpp) -> None:
     assert call["name"] in ("magic_function", "get_weather")
     assert set(call["args"]) == ({"input"} if call["name"] == "magic_function" else {"location"})
     assert msg.response_metadata["finish_reason"] == "tool_calls"
-    streamed = _merge(list(bound.stream("What is the weather in Paris?", max_tokens=60)))
+    streamed = merge(list(bound.stream("What is the weather in Paris?", max_tokens=60)))
     assert [(c["name"], c["args"]) for c in streamed.tool_calls] == [(call["name"], call["args"])]
     assert streamed.usage_metadata == msg.usage_metadata

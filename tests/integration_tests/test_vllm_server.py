@@ -8,7 +8,7 @@ import random
 import string
 
 import pytest
-from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from langchain_multillm import (
     ChatVLLMServer,
@@ -17,15 +17,9 @@ from langchain_multillm import (
     VLLMServer,
 )
 from langchain_multillm.errors import MultiLLMWarning
+from tests.integration_tests.parity import assert_four_ways_agree, merge
 
 Q = [SystemMessage("Answer in one short sentence."), HumanMessage("What is the capital of France?")]
-
-
-def _merge(chunks: list[AIMessageChunk]) -> AIMessageChunk:
-    full = chunks[0]
-    for c in chunks[1:]:
-        full += c
-    return full
 
 
 @pytest.mark.vllm_server
@@ -55,25 +49,8 @@ class TestRealVLLMServer:
             ChatVLLMServer(base_url=vllm_server_url, model="nope", context_window=2048).invoke("hi")
 
     def test_invoke_stream_ainvoke_astream_agree(self, chat: ChatVLLMServer) -> None:
-        inv = chat.invoke(Q)
-        st = _merge(list(chat.stream(Q)))
-        ainv = asyncio.run(chat.ainvoke(Q))
-
-        async def collect() -> list[AIMessageChunk]:
-            return [c async for c in chat.astream(Q)]
-
-        ast = _merge(asyncio.run(collect()))
-        for other in (st, ainv, ast):
-            assert other.content == inv.content
-            assert other.usage_metadata == inv.usage_metadata
-            assert (
-                other.response_metadata["finish_reason"] == inv.response_metadata["finish_reason"]
-            )
-            assert (
-                other.response_metadata["model_name"]
-                == inv.response_metadata["model_name"]
-                == "smollm2"
-            )
+        inv = assert_four_ways_agree(chat, Q)
+        assert inv.response_metadata["model_name"] == "smollm2"
 
     def test_exact_count_equals_server_usage(self, chat: ChatVLLMServer) -> None:
         out = chat.invoke(Q)
@@ -161,7 +138,7 @@ class TestLlamaCppServerPeer:
         with pytest.warns(MultiLLMWarning, match="context window is unknown"):
             out = chat.invoke(Q)
         assert out.content and out.usage_metadata is not None
-        st = _merge(list(chat.stream(Q)))
+        st = merge(list(chat.stream(Q)))
         assert st.content == out.content
         assert st.usage_metadata is None  # the server sends none and cannot count: never a guess
         assert st.response_metadata["finish_reason"] == out.response_metadata["finish_reason"]
