@@ -18,7 +18,7 @@ import threading
 import time
 import warnings
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from langchain_core.callbacks import (
@@ -306,33 +306,38 @@ class ModelSurface(BaseModel):
         bound = self._count_bound(prompt)
         report = decide(bound or 0, exact=False, max_tokens=max_tokens, limits=limits)
         if not report.fits:
-            from dataclasses import replace
-
             report = replace(report, reason=f"{report.reason} (no exact count available)")
+        return report
+
+    def _report(self, prompt: Prompt, max_tokens: int | None) -> FitReport:
+        """The fit report: the cheap bound if it decides, else an exact count (retried)."""
+        limits = self.get_limits()
+        report = self._fit(prompt, max_tokens, limits)
+        if report is None:
+            n = call(self._retries, self._count_exact, prompt)
+            report = self._fit_exact(prompt, n, max_tokens, limits)
+        return report
+
+    async def _areport(self, prompt: Prompt, max_tokens: int | None) -> FitReport:
+        """Async twin of :meth:`_report`."""
+        limits = await self.aget_limits()
+        report = self._fit(prompt, max_tokens, limits)
+        if report is None:
+            n = await acall(self._retries, self._acount_exact, prompt)
+            report = self._fit_exact(prompt, n, max_tokens, limits)
         return report
 
     def check_fit(
         self, x: PromptInput, max_tokens: int | None = None, tools: Sequence[Any] | None = None
     ) -> FitReport:
         """Whether ``x`` plus ``max_tokens`` of output fits the model's limits (no generation)."""
-        prompt = self._as_prompt(x, tools, for_fit=True)
-        limits = self.get_limits()
-        report = self._fit(prompt, max_tokens, limits)
-        if report is None:
-            report = self._fit_exact(prompt, self._count_exact(prompt), max_tokens, limits)
-        return report
+        return self._report(self._as_prompt(x, tools, for_fit=True), max_tokens)
 
     async def acheck_fit(
         self, x: PromptInput, max_tokens: int | None = None, tools: Sequence[Any] | None = None
     ) -> FitReport:
         """Async twin of :meth:`check_fit`."""
-        prompt = self._as_prompt(x, tools, for_fit=True)
-        limits = await self.aget_limits()
-        report = self._fit(prompt, max_tokens, limits)
-        if report is None:
-            n = await self._acount_exact(prompt)
-            report = self._fit_exact(prompt, n, max_tokens, limits)
-        return report
+        return await self._areport(self._as_prompt(x, tools, for_fit=True), max_tokens)
 
     def is_valid_prompt(self, x: PromptInput) -> bool:
         """``check_fit(x).fits``."""
@@ -387,13 +392,7 @@ class ModelSurface(BaseModel):
         """Check the fit before a call and apply the policy (``params`` may be clamped)."""
         if policy == "ignore":
             return UNCHECKED
-        limits = self.get_limits()
-        mt = params.get("max_tokens")
-        report = self._fit(prompt, mt, limits)
-        if report is None:
-            n = call(self._retries, self._count_exact, prompt)
-            report = self._fit_exact(prompt, n, mt, limits)
-        return self._apply(report, policy, params)
+        return self._apply(self._report(prompt, params.get("max_tokens")), policy, params)
 
     async def _agate(
         self, prompt: Prompt, params: dict[str, Any], policy: ContextOverflowPolicy
@@ -401,13 +400,7 @@ class ModelSurface(BaseModel):
         """Async twin of :meth:`_gate`."""
         if policy == "ignore":
             return UNCHECKED
-        limits = await self.aget_limits()
-        mt = params.get("max_tokens")
-        report = self._fit(prompt, mt, limits)
-        if report is None:
-            n = await acall(self._retries, self._acount_exact, prompt)
-            report = self._fit_exact(prompt, n, mt, limits)
-        return self._apply(report, policy, params)
+        return self._apply(await self._areport(prompt, params.get("max_tokens")), policy, params)
 
 
 UNCHECKED = FitReport(

@@ -8,7 +8,15 @@ SDK models: that is both faster and the same code for every backend.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from operator import itemgetter
 from typing import Any, Literal
 
@@ -249,7 +257,37 @@ async def aiter_sse(lines: AsyncIterable[str], *, backend: str) -> AsyncIterator
     raise _no_done(backend)
 
 
-class ChatStream:
+class _StreamState:
+    """What both stream states share: feed every chunk, then close (``finish``)."""
+
+    def feed(self, chunk: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def finish(self) -> Any:
+        raise NotImplementedError
+
+    async def _before_finish(self) -> None:
+        """Async work before the closing chunk (an async usage count)."""
+
+    def run(self, chunks: Iterable[dict[str, Any]]) -> Iterator[Any]:
+        """Feed every chunk, then close."""
+        for raw in chunks:
+            out = self.feed(raw)
+            if out is not None:
+                yield out
+        yield self.finish()
+
+    async def arun(self, chunks: AsyncIterable[dict[str, Any]]) -> AsyncIterator[Any]:
+        """Async twin of :meth:`run`."""
+        async for raw in chunks:
+            out = self.feed(raw)
+            if out is not None:
+                yield out
+        await self._before_finish()
+        yield self.finish()
+
+
+class ChatStream(_StreamState):
     """Turns OpenAI stream chunks (dicts) into LangChain chunks and checks the ending.
 
     Content, tool-call pieces and reasoning go out as they come; ``finish_reason`` and
@@ -263,6 +301,7 @@ class ChatStream:
         backend: str,
         model: str,
         usage_fallback: Callable[[str], UsageMetadata | None] | None = None,
+        ausage_fallback: Callable[[str], Awaitable[UsageMetadata | None]] | None = None,
         model_from_chunks: bool = True,
     ) -> None:
         self.backend = backend
@@ -276,6 +315,7 @@ class ChatStream:
         self.id: str | None = None
         self.fingerprint: str | None = None
         self.usage_fallback = usage_fallback
+        self.ausage_fallback = ausage_fallback
 
     def feed(self, chunk: dict[str, Any]) -> ChatGenerationChunk | None:
         """One stream chunk in; a LangChain chunk out, or None for bookkeeping-only chunks."""
@@ -355,26 +395,12 @@ class ChatStream:
             generation_info={"finish_reason": self.finish_reason},
         )
 
-    def run(self, chunks: Iterable[dict[str, Any]]) -> Iterator[ChatGenerationChunk]:
-        """Feed every chunk, then close."""
-        for raw in chunks:
-            out = self.feed(raw)
-            if out is not None:
-                yield out
-        yield self.finish()
-
-    async def arun(
-        self, chunks: AsyncIterable[dict[str, Any]]
-    ) -> AsyncIterator[ChatGenerationChunk]:
-        """Async twin of :meth:`run`."""
-        async for raw in chunks:
-            out = self.feed(raw)
-            if out is not None:
-                yield out
-        yield self.finish()
+    async def _before_finish(self) -> None:
+        if self.usage is None and self.finish_reason and self.ausage_fallback is not None:
+            self.usage = await self.ausage_fallback(self.output_text())
 
 
-class CompletionStream:
+class CompletionStream(_StreamState):
     """The ``/completions`` twin of :class:`ChatStream`."""
 
     def __init__(self, *, backend: str, model: str) -> None:
@@ -410,20 +436,6 @@ class CompletionStream:
         if self.usage:
             info["usage"] = self.usage
         return GenerationChunk(text="", generation_info=info)
-
-    def run(self, chunks: Iterable[dict[str, Any]]) -> Iterator[GenerationChunk]:
-        for raw in chunks:
-            out = self.feed(raw)
-            if out is not None:
-                yield out
-        yield self.finish()
-
-    async def arun(self, chunks: AsyncIterable[dict[str, Any]]) -> AsyncIterator[GenerationChunk]:
-        async for raw in chunks:
-            out = self.feed(raw)
-            if out is not None:
-                yield out
-        yield self.finish()
 
 
 # ------------------------------------------------------------------ tools and structured output

@@ -7,7 +7,8 @@ from the limit costs a few microseconds to check.
 
 For byte-level BPE tokenizers every token stands for at least one UTF-8 byte, except the
 special tokens a template or the tokenizer adds; so *bytes of the text + the template's own
-tokens* bounds the count from above. :func:`utf8_bound` is that bound.
+tokens* bounds the count from above. :class:`TemplateBound` measures the template's tokens
+once; :func:`chat_bound` adds the bytes.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ __all__ = [
     "TemplateBound",
     "decide",
     "enforce",
-    "utf8_bound",
 ]
 
 ContextOverflowPolicy = Literal["raise", "clamp", "ignore"]
@@ -78,14 +78,6 @@ class FitReport:
             f"max_tokens={self.max_tokens_effective}, window={window}, room={self.room}"
         )
         return f"{text}; {self.reason}" if self.reason else text
-
-
-def utf8_bound(texts: Sequence[str], overhead: int) -> int:
-    """Upper bound on the token count of ``texts`` for a byte-level tokenizer.
-
-    ``overhead`` must bound the tokens the template and the tokenizer add around the texts.
-    """
-    return overhead + sum(len(t.encode("utf-8")) for t in texts)
 
 
 def decide(

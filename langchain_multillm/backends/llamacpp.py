@@ -285,22 +285,22 @@ class _LlamaModel(ModelSurface):
             return down(started, model, f"{name} is not a GGUF file")
         eng = self._loaded or _MODELS.get(self._key())
         if eng is None:
-            return HealthReport(
-                alive=True,
-                ready=False,
-                latency_s=time.perf_counter() - started,
-                model=model,
-                context_window=self.n_ctx,
-                detail=f"{name} is not loaded yet (it loads on first use)",
+            ready, window, detail = (
+                False,
+                self.n_ctx,
+                f"{name} is not loaded yet (loads on first use)",
             )
-        ready = len(eng.llama.tokenize(b"ok", add_bos=False, special=False)) > 0
+        else:
+            ready = len(eng.llama.tokenize(b"ok", add_bos=False, special=False)) > 0
+            window = eng.n_ctx
+            detail = f"{name} loaded (n_ctx={eng.n_ctx}, load {eng.load_s:.2f}s)"
         return HealthReport(
             alive=True,
             ready=ready,
             latency_s=time.perf_counter() - started,
             model=model,
-            context_window=eng.n_ctx,
-            detail=f"{name} loaded (n_ctx={eng.n_ctx}, load {eng.load_s:.2f}s)",
+            context_window=window,
+            detail=detail,
         )
 
     def _llama_params(self, params: dict[str, Any], *, chat: bool) -> dict[str, Any]:

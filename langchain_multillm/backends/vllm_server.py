@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -552,14 +552,25 @@ class ChatVLLMServer(_ServerConnection, OpenAIToolsMixin):
     def _default_params(self) -> dict[str, Any]:
         return {**super()._default_params(), **self._extra_params()}
 
-    def _usage_fallback(self, req: ChatRequest) -> Any:
-        """Where the server sends no usage in a stream, count it with /tokenize (exact)."""
-        if not self.stream_usage or not self._tokenize_available():
-            return None
-
-        def fill(text: str) -> UsageMetadata:
+    # Where a server sends no usage in a stream, count it with /tokenize (exact), if it can.
+    def _usage_fallback(self, req: ChatRequest) -> Callable[[str], UsageMetadata | None]:
+        def fill(text: str) -> UsageMetadata | None:
+            if not self.stream_usage or not self._tokenize_available():
+                return None
             p = self._count_exact(Prompt(messages=req.messages, tools=req.tools)) or 0
             o = self._count_output(text)
+            return UsageMetadata(input_tokens=p, output_tokens=o, total_tokens=p + o)
+
+        return fill
+
+    def _ausage_fallback(
+        self, req: ChatRequest
+    ) -> Callable[[str], Awaitable[UsageMetadata | None]]:
+        async def fill(text: str) -> UsageMetadata | None:
+            if not self.stream_usage or not await self._atokenize_available():
+                return None
+            p = await self._acount_exact(Prompt(messages=req.messages, tools=req.tools)) or 0
+            o = await self._acount_output(text)
             return UsageMetadata(input_tokens=p, output_tokens=o, total_tokens=p + o)
 
         return fill
@@ -591,17 +602,9 @@ class ChatVLLMServer(_ServerConnection, OpenAIToolsMixin):
         assert self.base_url
         model = req.params.get("model", self.model_name)
         payload = chat_payload(req, model, stream_usage=self.stream_usage)
-        state = ChatStream(backend=BACKEND, model=model)
-        async for raw in self._asse(f"{self.base_url}/chat/completions", payload):
-            out = state.feed(raw)
-            if out is not None:
-                yield out
-        if state.usage is None and self.stream_usage and await self._atokenize_available():
-            text = state.output_text()
-            p = await self._acount_exact(Prompt(messages=req.messages, tools=req.tools)) or 0
-            o = await self._acount_output(text)
-            state.usage = UsageMetadata(input_tokens=p, output_tokens=o, total_tokens=p + o)
-        yield state.finish()
+        state = ChatStream(backend=BACKEND, model=model, ausage_fallback=self._ausage_fallback(req))
+        async for chunk in state.arun(self._asse(f"{self.base_url}/chat/completions", payload)):
+            yield chunk
 
 
 class VLLMServer(_ServerConnection, MultiLLMCompletionModel):
@@ -665,8 +668,5 @@ class VLLMServer(_ServerConnection, MultiLLMCompletionModel):
         model = req.params.get("model", self.model_name)
         payload = completion_payload(req.prompt, req.params, model, stream=True, stream_usage=True)
         state = CompletionStream(backend=BACKEND, model=model)
-        async for raw in self._asse(f"{self.base_url}/completions", payload):
-            out = state.feed(raw)
-            if out is not None:
-                yield out
-        yield state.finish()
+        async for chunk in state.arun(self._asse(f"{self.base_url}/completions", payload)):
+            yield chunk

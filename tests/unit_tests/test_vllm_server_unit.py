@@ -3,6 +3,7 @@
 import asyncio
 import json
 import time
+from typing import Any
 
 import httpx
 import pytest
@@ -596,3 +597,24 @@ def test_async_client_follows_the_event_loop() -> None:
     finally:
         mp.undo()
     assert first.content == second.content == "hello"
+
+
+def test_stream_without_usage_is_counted_by_tokenize_sync_and_async() -> None:
+    fake = FakeServer()
+    fake.chat = [httpx.Response(200, content=sse([chunk("hello"), chunk(finish="stop")]))]
+    m = model(fake)
+
+    def merged(parts: list) -> Any:
+        full = parts[0]
+        for c in parts[1:]:
+            full += c
+        return full
+
+    expected = {"input_tokens": 3 + 2 + 2, "output_tokens": 5, "total_tokens": 12}
+    assert merged(list(m.stream("hi"))).usage_metadata == expected
+    fake.chat = [httpx.Response(200, content=sse([chunk("hello"), chunk(finish="stop")]))]
+
+    async def collect() -> list:
+        return [c async for c in m.astream("hi")]
+
+    assert merged(asyncio.run(collect())).usage_metadata == expected
