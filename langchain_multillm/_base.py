@@ -528,6 +528,10 @@ class _Sampling(BaseModel):
 class MultiLLMChatModel(ModelSurface, _Sampling, BaseChatModel):
     """Base of this package's chat models: the LangChain chat contract plus the surface."""
 
+    # An unknown setting is an error that names it, not silently ignored (LangChain's base
+    # classes ignore extras, and their config comes later in the MRO: restate it here).
+    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True, extra="forbid")
+
     stream_usage: bool = True
     """Whether streams carry token usage (asked of the server, or counted exactly)."""
 
@@ -680,6 +684,8 @@ class MultiLLMChatModel(ModelSurface, _Sampling, BaseChatModel):
 
 class MultiLLMCompletionModel(ModelSurface, _Sampling, BaseLLM):
     """Base of this package's completion models (text in, text out)."""
+
+    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True, extra="forbid")
 
     def _complete(self, req: CompletionRequest) -> Generation:
         raise NotImplementedError

@@ -24,7 +24,7 @@ from typing import Any
 from langchain_core.language_models.chat_models import generate_from_stream
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult, Generation, GenerationChunk
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import AliasChoices, Field, PrivateAttr, model_validator
 
 from langchain_multillm._base import (
     ChatRequest,
@@ -187,8 +187,10 @@ class _LlamaModel(ModelSurface):
     min_p: float | None = Field(default=None, ge=0, le=1)
     """Drop tokens below this fraction of the top token's probability."""
 
-    repetition_penalty: float | None = Field(default=None, gt=0)
-    """Penalty (>1) on repeated tokens (llama.cpp's ``repeat_penalty``)."""
+    repetition_penalty: float | None = Field(
+        default=None, gt=0, validation_alias=AliasChoices("repetition_penalty", "repeat_penalty")
+    )
+    """Penalty (>1) on repeated tokens (llama.cpp's ``repeat_penalty``, also taken by that name)."""
 
     seed: int | None = None
     """Seed for sampling."""
