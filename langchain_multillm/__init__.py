@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from langchain_multillm.backends.llamacpp import ChatLlamaCpp, LlamaCpp
     from langchain_multillm.backends.vllm_server import ChatVLLMServer, VLLMServer
+    from langchain_multillm.chains import create_rag_chain, create_summarize_chain
     from langchain_multillm.errors import (
         AuthenticationError,
         BackendError,
@@ -43,6 +44,8 @@ _LAZY: dict[str, str] = {
     "Limits": "langchain_multillm.fit",
     "HealthReport": "langchain_multillm.health",
     "load_chat_model": "langchain_multillm.loader",
+    "create_rag_chain": "langchain_multillm.chains",
+    "create_summarize_chain": "langchain_multillm.chains",
     **dict.fromkeys(
         (
             "AuthenticationError",
@@ -85,6 +88,8 @@ __all__ = [
     "RateLimitError",
     "VLLMServer",
     "__version__",
+    "create_rag_chain",
+    "create_summarize_chain",
     "load_chat_model",
 ]
 

@@ -25,6 +25,8 @@ EXPECTED_ALL = [
     "RateLimitError",
     "VLLMServer",
     "__version__",
+    "create_rag_chain",
+    "create_summarize_chain",
     "load_chat_model",
 ]
 
@@ -39,7 +41,8 @@ def test_bare_import_loads_no_engine_or_sdk() -> None:
     code = (
         "import sys, langchain_multillm;"
         "heavy = [m for m in sys.modules if m.split('.')[0] in "
-        "('llama_cpp', 'vllm', 'torch', 'openai', 'google', 'transformers', 'huggingface_hub')];"
+        "('llama_cpp', 'vllm', 'torch', 'openai', 'google', 'transformers', 'huggingface_hub',"
+        " 'typer', 'rich', 'bm25s', 'sentence_transformers')];"
         "print(heavy)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -50,6 +53,17 @@ def test_server_backend_import_loads_no_engine() -> None:
     code = (
         "import sys; from langchain_multillm import ChatVLLMServer, ChatLlamaCpp;"
         "print([m for m in sys.modules if m.split('.')[0] in ('llama_cpp', 'vllm', 'torch')])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_index_import_loads_no_retrieval_engine() -> None:
+    """bm25s and sentence-transformers load when an index is built, typer only for the CLI."""
+    code = (
+        "import sys; import langchain_multillm.chains.index;"
+        "print([m for m in sys.modules if m.split('.')[0] in "
+        "('bm25s', 'sentence_transformers', 'torch', 'typer')])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
