@@ -54,6 +54,7 @@ test: lint docs test-unit test-llamacpp test-vllm test-notebooks
 bench: install
 	$(PIP) install -q --group bench
 	$(PY) bench/run.py
+	$(PY) bench/rag.py
 
 # The docs site (mkdocs-material), built in strict mode: a broken link or anchor fails it.
 docs: install
