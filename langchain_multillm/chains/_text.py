@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from itertools import pairwise
 
-__all__ = ["sentence_cuts", "split_sentences", "split_speakers"]
+__all__ = ["merge", "pieces_within", "sentence_cuts", "split_sentences", "split_speakers"]
 
 # The end of a sentence (closing quotes and brackets included) or of a line.
 _SENTENCE_END = re.compile(r"(?<=[.!?…。！？])[\"'”’)\]]*(?=\s)|\n")
@@ -38,3 +39,50 @@ def split_speakers(text: str) -> list[str] | None:
     head = [text[: starts[0]].strip()] if text[: starts[0]].strip() else []
     turns = [text[a:b].strip() for a, b in zip(starts, [*starts[1:], len(text)], strict=False)]
     return head + [t for t in turns if t]
+
+
+def pieces_within(text: str, cap: int, size: Callable[[str], int]) -> list[str]:
+    """``text`` as sentences, a sentence over ``cap`` (by ``size``) cut between words.
+
+    ``size`` is ``len`` for characters or a token counter; a single word over ``cap`` is cut
+    between characters.
+    """
+    out: list[str] = []
+    for sentence in split_sentences(text):
+        n = size(sentence)
+        if n <= cap:
+            out.append(sentence)
+            continue
+        words = sentence.split()
+        if len(words) == 1:  # one long word: cut between characters, in proportion
+            step = max(1, len(sentence) * cap // n)
+            out.extend(sentence[i : i + step] for i in range(0, len(sentence), step))
+            continue
+        start = 0
+        while start < len(words):
+            step = max(1, (len(words) - start) * cap // max(size(" ".join(words[start:])), 1))
+            while step > 1 and size(" ".join(words[start : start + step])) > cap:
+                step = max(1, step * 3 // 4)
+            piece = " ".join(words[start : start + step])
+            out.extend(pieces_within(piece, cap, size) if size(piece) > cap else [piece])
+            start += step
+    return out
+
+
+def merge(pieces: Sequence[tuple[str, int]], cap: int, sep: str) -> list[str]:
+    """Consecutive ``(text, size)`` pieces joined by ``sep`` while their sizes add up to <= cap.
+
+    A piece over ``cap`` on its own stays one chunk.
+    """
+    merged: list[str] = []
+    current: list[str] = []
+    used = 0
+    for text, n in pieces:
+        if current and used + n > cap:
+            merged.append(sep.join(current))
+            current, used = [], 0
+        current.append(text)
+        used += n
+    if current:
+        merged.append(sep.join(current))
+    return merged

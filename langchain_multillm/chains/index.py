@@ -24,6 +24,7 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import Field, PrivateAttr
 
+from langchain_multillm.chains._text import merge, pieces_within
 from langchain_multillm.errors import InvalidInputError
 
 __all__ = [
@@ -43,7 +44,6 @@ BM25_HINT = "pip install 'langchain-multillm[cli]'"
 EMBEDDINGS_HINT = "pip install 'langchain-multillm[embeddings]'"
 
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _HEADING = re.compile(r"^ {0,3}#{1,6}[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*$")
 _FENCE = re.compile(r"^ {0,3}(```|~~~)")
 
@@ -123,38 +123,13 @@ def split_paragraphs(text: str, chunk_chars: int = 1200) -> list[str]:
         if len(para) <= chunk_chars:
             pieces.append(para)
         else:
-            pieces.extend(_split_long(para, chunk_chars))
+            pieces.extend(_pack(pieces_within(para, chunk_chars, len), chunk_chars, " "))
     return _pack(pieces, chunk_chars, "\n\n")
 
 
-def _split_long(para: str, chunk_chars: int) -> list[str]:
-    """A paragraph over the limit: at sentence ends, then (a long sentence) at spaces."""
-    parts: list[str] = []
-    for sentence in _SENTENCE_END.split(para):
-        while len(sentence) > chunk_chars:
-            cut = sentence.rfind(" ", 0, chunk_chars + 1)
-            if cut <= 0:
-                cut = chunk_chars
-            parts.append(sentence[:cut].rstrip())
-            sentence = sentence[cut:].lstrip()
-        if sentence:
-            parts.append(sentence)
-    return _pack(parts, chunk_chars, " ")
-
-
 def _pack(pieces: list[str], chunk_chars: int, sep: str) -> list[str]:
-    chunks: list[str] = []
-    current: list[str] = []
-    size = 0
-    for piece in pieces:
-        if current and size + len(sep) + len(piece) > chunk_chars:
-            chunks.append(sep.join(current))
-            current, size = [], 0
-        size += (len(sep) if current else 0) + len(piece)
-        current.append(piece)
-    if current:
-        chunks.append(sep.join(current))
-    return chunks
+    """Pieces joined by ``sep`` into chunks of at most ``chunk_chars`` characters."""
+    return merge([(p, len(p) + len(sep)) for p in pieces], chunk_chars + len(sep), sep)
 
 
 def _scored(doc: Document, score: float) -> Document:

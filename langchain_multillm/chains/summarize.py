@@ -21,7 +21,7 @@ from langchain_core.runnables import Runnable, RunnableConfig
 
 from langchain_multillm._base import ModelSurface
 from langchain_multillm.chains._budget import Budget
-from langchain_multillm.chains._text import split_sentences, split_speakers
+from langchain_multillm.chains._text import merge, pieces_within, split_speakers
 from langchain_multillm.errors import ContextWindowExceededError, InvalidInputError
 
 __all__ = ["SummarizeChain", "create_summarize_chain"]
@@ -96,40 +96,11 @@ class SummarizeChain(Runnable[Any, dict[str, Any]]):
     # ---- splitting ----
     def split(self, text: str) -> list[str]:
         """``text`` as turns of about ``turn_tokens`` tokens (speaker turns, then sentences)."""
+        cap, count = self.turn_tokens, self.budget.text
         units: list[str] = []
         for piece in split_speakers(text) or [text]:
-            if self.budget.text(piece) <= self.turn_tokens:
-                units.append(piece)
-            else:
-                units.extend(self._split_long(piece))
-        return self._merge([(u, self.budget.text(u)) for u in units], self.turn_tokens, "\n")
-
-    def _split_long(self, piece: str) -> list[str]:
-        out: list[str] = []
-        for sentence in split_sentences(piece):
-            if self.budget.text(sentence) <= self.turn_tokens:
-                out.append(sentence)
-                continue
-            words = sentence.split()  # a sentence longer than a turn: cut between words
-            step = max(1, len(words) * self.turn_tokens // (2 * self.budget.text(sentence)))
-            out.extend(" ".join(words[i : i + step]) for i in range(0, len(words), step))
-        return out
-
-    @staticmethod
-    def _merge(units: Sequence[tuple[str, int]], cap: int, sep: str) -> list[str]:
-        """Consecutive units joined greedily while their counted tokens stay within ``cap``."""
-        merged: list[str] = []
-        current: list[str] = []
-        used = 0
-        for text, tokens in units:
-            if current and used + tokens > cap:
-                merged.append(sep.join(current))
-                current, used = [], 0
-            current.append(text)
-            used += tokens
-        if current:
-            merged.append(sep.join(current))
-        return merged
+            units.extend([piece] if count(piece) <= cap else pieces_within(piece, cap, count))
+        return merge([(u, count(u)) for u in units], cap, "\n")
 
     # ---- prompts that fit ----
     def _messages(self, prompt: BasePromptTemplate, text: str, summary: str | None) -> list[Any]:
@@ -156,7 +127,7 @@ class SummarizeChain(Runnable[Any, dict[str, Any]]):
                 f"a piece of {max(too_big)} tokens does not fit the {cap} tokens of text the "
                 f"model's window leaves per prompt; lower turn_tokens or summary_tokens",
             )
-        return self._merge(counted, cap, "\n\n")
+        return merge(counted, cap, "\n\n")
 
     def _ask(self, prompts: list[list[BaseMessage]], config: RunnableConfig) -> list[str]:
         """Check every prompt's fit, then run them as one batch."""

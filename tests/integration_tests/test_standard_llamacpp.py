@@ -36,6 +36,14 @@ class TestChatLlamaCppUnit(ChatModelUnitTests):
     def chat_model_params(self) -> dict:
         return _params()
 
+    @property
+    def standard_chat_model_params(self) -> dict:
+        # An in-process model has no API key and no HTTP timeout, and this package's models
+        # refuse settings they do not have (tests/unit_tests/test_settings.py), so the unit
+        # suite's api_key="test" and timeout=60 are left out here.
+        params = super().standard_chat_model_params
+        return {k: v for k, v in params.items() if k not in ("api_key", "timeout")}
+
 
 class TestChatLlamaCppIntegration(ChatModelIntegrationTests):
     @property

@@ -8,7 +8,7 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_multillm import InvalidInputError
 from langchain_multillm.chains import create_summarize_chain
 from langchain_multillm.chains._budget import Budget
-from langchain_multillm.chains._text import split_sentences, split_speakers
+from langchain_multillm.chains._text import merge, pieces_within, split_sentences, split_speakers
 from tests.unit_tests.chain_fakes import EchoChat
 
 SPEAKERS = ["Alice", "Bob", "Carol"]
@@ -32,6 +32,10 @@ def test_text_splitting_helpers() -> None:
     assert split_sentences("One. Two! Three?\nFour") == ["One.", "Two!", "Three?", "Four"]
     assert split_speakers("A: hi\nB: hello there\nA: bye") == ["A: hi", "B: hello there", "A: bye"]
     assert split_speakers("Just prose. No speakers at all.") is None
+    pieces = pieces_within("Short. " + "word " * 50 + "x" * 95, 40, len)
+    assert pieces[0] == "Short." and all(len(p) <= 40 for p in pieces)
+    assert "".join(pieces).replace(" ", "") == ("Short." + "word" * 50 + "x" * 95)
+    assert merge([("a", 3), ("b", 3), ("c", 5)], 6, "+") == ["a+b", "c"]
 
 
 def test_turns_follow_speakers_and_stay_near_turn_tokens() -> None:
