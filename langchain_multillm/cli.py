@@ -19,7 +19,7 @@ import dataclasses
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -86,6 +86,16 @@ def _progress(message: str) -> Iterator[None]:
     """A spinner on stderr while something slow runs (indexing, loading a model)."""
     with _stderr().status(message, spinner="dots"):
         yield
+
+
+def _files_bar(files: Sequence[Path]) -> Iterable[Path]:
+    """A progress bar on stderr over the files being read (on a terminal only)."""
+    from rich.progress import track
+
+    console = _stderr()
+    if not console.is_terminal:
+        return files
+    return track(files, description="reading files", console=console, transient=True)
 
 
 @contextlib.contextmanager
@@ -324,10 +334,10 @@ def rag(
 
         if not question.strip():
             raise typer.BadParameter("must not be empty", param_hint="'QUESTION'")
-        with _progress(f"indexing {docs}..."):
-            chunks = load_folder(docs, chunk_chars=chunk_chars)
-            if not chunks:
-                raise ValueError(f"no .txt or .md file with text under {docs}")
+        chunks = load_folder(docs, chunk_chars=chunk_chars, progress=_files_bar)
+        if not chunks:
+            raise ValueError(f"no .txt or .md file with text under {docs}")
+        with _progress(f"indexing {len(chunks)} chunks..."):
             retriever = (
                 EmbeddingRetriever.from_documents(chunks, k=k)
                 if embeddings

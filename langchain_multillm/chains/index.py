@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,11 @@ _FENCE = re.compile(r"^ {0,3}(```|~~~)")
 
 
 def load_folder(
-    path: str | Path, *, chunk_chars: int = 1200, suffixes: Sequence[str] = SUFFIXES
+    path: str | Path,
+    *,
+    chunk_chars: int = 1200,
+    suffixes: Sequence[str] = SUFFIXES,
+    progress: Callable[[Sequence[Path]], Iterable[Path]] | None = None,
 ) -> list[Document]:
     """Read every text and markdown file under ``path`` (recursively) as chunks of paragraphs.
 
@@ -62,7 +66,8 @@ def load_folder(
     markdown heading, else its file name) and ``chunk`` (0-based, per file). Files and
     folders whose names start with a dot are skipped; files are read in path order as UTF-8
     (undecodable bytes replaced); files with no text give no chunks. ``path`` may also name
-    one file.
+    one file. ``progress`` wraps the list of files as they are read (e.g. ``rich``'s
+    ``track``, as the ``multillm`` command does).
     """
     if chunk_chars <= 0:
         raise InvalidInputError("chunk_chars", f"must be > 0; got {chunk_chars}")
@@ -75,7 +80,7 @@ def load_folder(
     else:
         files, base = list(_walk(root, wanted)), root
     docs: list[Document] = []
-    for file in files:
+    for file in progress(files) if progress is not None else files:
         text = file.read_text(encoding="utf-8", errors="replace")
         source = file.relative_to(base).as_posix()
         title = first_heading(text) or file.name

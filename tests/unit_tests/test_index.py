@@ -52,6 +52,17 @@ def test_load_folder_reads_text_and_markdown_recursively(folder: Path) -> None:
     assert docs[2].page_content == RUST.strip()
 
 
+def test_load_folder_reports_progress_over_the_files(folder: Path) -> None:
+    seen: list[list[str]] = []
+
+    def progress(files):  # type: ignore[no-untyped-def]
+        seen.append([f.name for f in files])
+        return files
+
+    assert len(load_folder(folder, progress=progress)) == 3
+    assert seen == [["empty.txt", "llamas.md", "notes.MD", "rust.txt"]]  # every file read
+
+
 def test_load_folder_one_file(folder: Path) -> None:
     docs = load_folder(folder / "sub" / "rust.txt")
     assert [d.metadata["source"] for d in docs] == ["rust.txt"]
