@@ -6,12 +6,12 @@ import asyncio
 import threading
 import time
 import warnings
-from collections.abc import AsyncGenerator, Generator
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
+from typing import Any, ClassVar
 from urllib.parse import urlparse
 
 import httpx
-from pydantic import SecretStr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr
 
 from langchain_multillm.errors import (
     AuthenticationError,
@@ -19,9 +19,10 @@ from langchain_multillm.errors import (
     MultiLLMWarning,
     from_httpx_error,
     from_response,
+    malformed_body,
 )
 
-__all__ = ["ClientCredentials", "check_url", "server_root"]
+__all__ = ["ClientCredentials", "HTTPConnection", "check_url", "server_root"]
 
 # Refresh a token this many seconds before it expires.
 TOKEN_SKEW_S = 30.0
@@ -176,3 +177,178 @@ def client_kwargs(timeout: float | None, verify: bool, auth: httpx.Auth | None) 
         "auth": auth,
         "limits": httpx.Limits(max_connections=100, max_keepalive_connections=20),
     }
+
+
+def _tls_verify_default() -> bool:
+    import os
+
+    skip = os.environ.get("LLM_TLS_SKIP_VERIFY", "").strip().lower()
+    return skip not in ("1", "true", "yes", "on")
+
+
+EventParser = Callable[..., Iterator[dict[str, Any]]]
+AsyncEventParser = Callable[..., AsyncIterator[dict[str, Any]]]
+
+
+class HTTPConnection(BaseModel):
+    """A server backend's connection: settings, pooled clients, JSON calls and SSE streams.
+
+    One sync and one async ``httpx`` client per model (the async one per event loop), or the
+    clients injected for tests and proxies. Every transport error and non-2xx answer becomes
+    an error of the package's tree, named after the backend (``_backend``). A backend adds its
+    ``api_key`` field (with its own environment variable) and, where it has one, an auth flow.
+    """
+
+    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
+
+    verify_ssl: bool = Field(default_factory=_tls_verify_default)
+    """Verify TLS certificates (off only when asked; env ``LLM_TLS_SKIP_VERIFY=1`` turns it off)."""
+
+    timeout: float | None = Field(default=None, gt=0, alias="request_timeout")
+    """Seconds a request may take (None: 600 s, 10 s to connect)."""
+
+    default_headers: dict[str, str] | None = None
+    """Headers sent with every request."""
+
+    http_client: httpx.Client | None = Field(default=None, exclude=True)
+    """An httpx client to use for sync calls (proxies, tests); its base URL is ignored."""
+
+    http_async_client: httpx.AsyncClient | None = Field(default=None, exclude=True)
+    """An httpx client to use for async calls."""
+
+    _backend: ClassVar[str] = "http"
+    _sync: httpx.Client | None = PrivateAttr(default=None)
+    _async: httpx.AsyncClient | None = PrivateAttr(default=None)
+    _async_loop: asyncio.AbstractEventLoop | None = PrivateAttr(default=None)
+
+    # ---- clients ----
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", **(self.default_headers or {})}
+        api_key: SecretStr | None = getattr(self, "api_key", None)
+        if api_key is not None:
+            headers["Authorization"] = f"Bearer {api_key.get_secret_value()}"
+        return headers
+
+    def _auth_flow(self) -> httpx.Auth | None:
+        """An httpx auth flow (OAuth2 and the like), where the backend has one."""
+        return None
+
+    @property
+    def _client(self) -> httpx.Client:
+        if self.http_client is not None:
+            return self.http_client
+        if self._sync is None:
+            self._sync = httpx.Client(
+                **client_kwargs(self.timeout, self.verify_ssl, self._auth_flow())
+            )
+        return self._sync
+
+    @property
+    def _aclient(self) -> httpx.AsyncClient:
+        if self.http_async_client is not None:
+            return self.http_async_client
+        # An async client's connections belong to the event loop that opened them: a new loop
+        # (a second asyncio.run, a notebook restarted) gets a new client.
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async_loop is not loop:
+            self._async_loop = loop
+            self._async = httpx.AsyncClient(
+                **client_kwargs(self.timeout, self.verify_ssl, self._auth_flow())
+            )
+        return self._async
+
+    def _request_kwargs(self, timeout: float | None = None) -> dict[str, Any]:
+        kw: dict[str, Any] = {"headers": self._headers()}
+        if self.http_client is not None or self.http_async_client is not None:
+            auth = self._auth_flow()
+            if auth is not None:
+                kw["auth"] = auth
+            if self.timeout:
+                kw["timeout"] = self.timeout
+        if timeout:
+            kw["timeout"] = timeout
+        return kw
+
+    # ---- plain JSON calls ----
+    def _json(self, r: httpx.Response) -> Any:
+        if r.status_code >= 400:
+            raise from_response(r, backend=self._backend)
+        try:
+            return r.json()
+        except ValueError:
+            raise malformed_body(
+                f"not JSON: {r.text[:200]!r}", body=r.text, backend=self._backend
+            ) from None
+
+    def _post_json(self, url: str, body: dict[str, Any]) -> Any:
+        try:
+            r = self._client.post(url, json=body, **self._request_kwargs())
+        except httpx.HTTPError as exc:
+            raise from_httpx_error(exc, backend=self._backend) from exc
+        return self._json(r)
+
+    async def _apost_json(self, url: str, body: dict[str, Any]) -> Any:
+        try:
+            r = await self._aclient.post(url, json=body, **self._request_kwargs())
+        except httpx.HTTPError as exc:
+            raise from_httpx_error(exc, backend=self._backend) from exc
+        return self._json(r)
+
+    def _get(self, url: str, timeout: float | None = None) -> httpx.Response:
+        """A GET whose status the caller judges (health routes); transport errors raise."""
+        try:
+            return self._client.get(url, **self._request_kwargs(timeout))
+        except httpx.HTTPError as exc:
+            raise from_httpx_error(exc, backend=self._backend) from exc
+
+    async def _aget(self, url: str, timeout: float | None = None) -> httpx.Response:
+        """Async twin of :meth:`_get`."""
+        try:
+            return await self._aclient.get(url, **self._request_kwargs(timeout))
+        except httpx.HTTPError as exc:
+            raise from_httpx_error(exc, backend=self._backend) from exc
+
+    def _get_json(self, url: str, timeout: float | None = None) -> Any:
+        return self._json(self._get(url, timeout))
+
+    async def _aget_json(self, url: str, timeout: float | None = None) -> Any:
+        return self._json(await self._aget(url, timeout))
+
+    # ---- streams ----
+    def _sse(self, url: str, body: dict[str, Any], events: EventParser) -> Iterator[dict[str, Any]]:
+        """POST and parse the server-sent events with ``events(lines, backend=...)``."""
+        try:
+            with self._client.stream("POST", url, json=body, **self._request_kwargs()) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    raise from_response(r, backend=self._backend)
+                yield from events(r.iter_lines(), backend=self._backend)
+        except httpx.HTTPError as exc:
+            raise from_httpx_error(exc, backend=self._backend) from exc
+
+    async def _asse(
+        self, url: str, body: dict[str, Any], events: AsyncEventParser
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Async twin of :meth:`_sse`."""
+        try:
+            async with self._aclient.stream("POST", url, json=body, **self._request_kwargs()) as r:
+                if r.status_code >= 400:
+                    await r.aread()
+                    raise from_response(r, backend=self._backend)
+                async for event in events(r.aiter_lines(), backend=self._backend):
+                    yield event
+        except httpx.HTTPError as exc:
+            raise from_httpx_error(exc, backend=self._backend) from exc
+
+    def close(self) -> None:
+        """Close the clients this model opened (injected clients are left alone)."""
+        if self._sync is not None:
+            self._sync.close()
+            self._sync = None
+
+    async def aclose(self) -> None:
+        """Async twin of :meth:`close`."""
+        if self._async is not None:
+            await self._async.aclose()
+            self._async = None
+        self.close()

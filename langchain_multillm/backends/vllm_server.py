@@ -11,15 +11,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult, Generation, GenerationChunk
 from langchain_core.utils import from_env, secret_from_env
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
     SecretStr,
@@ -35,8 +33,8 @@ from langchain_multillm._base import (
 )
 from langchain_multillm._http import (
     ClientCredentials,
+    HTTPConnection,
     check_url,
-    client_kwargs,
     server_root,
     warn_insecure,
 )
@@ -55,8 +53,6 @@ from langchain_multillm._openai import (
 from langchain_multillm.errors import (
     InvalidInputError,
     MultiLLMError,
-    from_httpx_error,
-    from_response,
     malformed_body,
 )
 from langchain_multillm.fit import Limits, TemplateBound, chat_bound
@@ -67,17 +63,8 @@ __all__ = ["ChatVLLMServer", "VLLMServer"]
 BACKEND = "vllm-server"
 
 
-def _tls_verify_default() -> bool:
-    import os
-
-    skip = os.environ.get("LLM_TLS_SKIP_VERIFY", "").strip().lower()
-    return skip not in ("1", "true", "yes", "on")
-
-
-class _ServerConnection(BaseModel):
+class _ServerConnection(HTTPConnection):
     """Connection settings and vLLM's extra routes, shared by the chat and completion classes."""
-
-    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
 
     model_name: str = Field(
         default_factory=from_env(["VLLM_MODEL", "LLM_MODEL_NAME"], default=""), alias="model"
@@ -113,21 +100,6 @@ class _ServerConnection(BaseModel):
     oauth_scope: str | None = None
     """OAuth2 scope to ask for, if the identity provider wants one."""
 
-    verify_ssl: bool = Field(default_factory=_tls_verify_default)
-    """Verify TLS certificates (off only when asked; env ``LLM_TLS_SKIP_VERIFY=1`` turns it off)."""
-
-    timeout: float | None = Field(default=None, gt=0, alias="request_timeout")
-    """Seconds a request may take (None: 600 s, 10 s to connect)."""
-
-    default_headers: dict[str, str] | None = None
-    """Headers sent with every request."""
-
-    http_client: httpx.Client | None = Field(default=None, exclude=True)
-    """An httpx client to use for sync calls (proxies, tests); its base URL is ignored."""
-
-    http_async_client: httpx.AsyncClient | None = Field(default=None, exclude=True)
-    """An httpx client to use for async calls."""
-
     top_k: int | None = None
     """vLLM: sample from the k most likely tokens (-1 or None: all)."""
 
@@ -149,9 +121,7 @@ class _ServerConnection(BaseModel):
     extra_body: dict[str, Any] | None = None
     """Other fields for the request body (for example vLLM's ``structured_outputs``)."""
 
-    _sync: httpx.Client | None = PrivateAttr(default=None)
-    _async: httpx.AsyncClient | None = PrivateAttr(default=None)
-    _async_loop: asyncio.AbstractEventLoop | None = PrivateAttr(default=None)
+    _backend: ClassVar[str] = BACKEND
     _auth: httpx.Auth | None = PrivateAttr(default=None)
     _bound: TemplateBound | None = PrivateAttr(default=None)
     _tokenize: bool | None = PrivateAttr(default=None)
@@ -188,13 +158,6 @@ class _ServerConnection(BaseModel):
         assert self.base_url
         return server_root(self.base_url)
 
-    # ---- clients ----
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", **(self.default_headers or {})}
-        if self.api_key is not None:
-            headers["Authorization"] = f"Bearer {self.api_key.get_secret_value()}"
-        return headers
-
     def _auth_flow(self) -> httpx.Auth | None:
         if self.api_key is not None or not self.oauth_client_id:
             return None
@@ -209,97 +172,6 @@ class _ServerConnection(BaseModel):
                 verify=self.verify_ssl,
             )
         return self._auth
-
-    @property
-    def _client(self) -> httpx.Client:
-        if self.http_client is not None:
-            return self.http_client
-        if self._sync is None:
-            self._sync = httpx.Client(
-                **client_kwargs(self.timeout, self.verify_ssl, self._auth_flow())
-            )
-        return self._sync
-
-    @property
-    def _aclient(self) -> httpx.AsyncClient:
-        if self.http_async_client is not None:
-            return self.http_async_client
-        # An async client's connections belong to the event loop that opened them: a new loop
-        # (a second asyncio.run, a notebook restarted) gets a new client.
-        loop = asyncio.get_running_loop()
-        if self._async is None or self._async_loop is not loop:
-            self._async_loop = loop
-            self._async = httpx.AsyncClient(
-                **client_kwargs(self.timeout, self.verify_ssl, self._auth_flow())
-            )
-        return self._async
-
-    def _request_kwargs(self) -> dict[str, Any]:
-        kw: dict[str, Any] = {"headers": self._headers()}
-        if self.http_client is not None or self.http_async_client is not None:
-            auth = self._auth_flow()
-            if auth is not None:
-                kw["auth"] = auth
-            if self.timeout:
-                kw["timeout"] = self.timeout
-        return kw
-
-    # ---- plain JSON calls ----
-    def _post_json(self, url: str, body: dict[str, Any]) -> Any:
-        try:
-            r = self._client.post(url, json=body, **self._request_kwargs())
-        except httpx.HTTPError as exc:
-            raise from_httpx_error(exc, backend=BACKEND) from exc
-        return _json_or_raise(r)
-
-    async def _apost_json(self, url: str, body: dict[str, Any]) -> Any:
-        try:
-            r = await self._aclient.post(url, json=body, **self._request_kwargs())
-        except httpx.HTTPError as exc:
-            raise from_httpx_error(exc, backend=BACKEND) from exc
-        return _json_or_raise(r)
-
-    def _get_json(self, url: str, timeout: float | None = None) -> Any:
-        kw = self._request_kwargs()
-        if timeout:
-            kw["timeout"] = timeout
-        try:
-            r = self._client.get(url, **kw)
-        except httpx.HTTPError as exc:
-            raise from_httpx_error(exc, backend=BACKEND) from exc
-        return _json_or_raise(r)
-
-    async def _aget_json(self, url: str, timeout: float | None = None) -> Any:
-        kw = self._request_kwargs()
-        if timeout:
-            kw["timeout"] = timeout
-        try:
-            r = await self._aclient.get(url, **kw)
-        except httpx.HTTPError as exc:
-            raise from_httpx_error(exc, backend=BACKEND) from exc
-        return _json_or_raise(r)
-
-    # ---- streams ----
-    def _sse(self, url: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        try:
-            with self._client.stream("POST", url, json=body, **self._request_kwargs()) as r:
-                if r.status_code >= 400:
-                    r.read()
-                    raise from_response(r, backend=BACKEND)
-                yield from iter_sse(r.iter_lines(), backend=BACKEND)
-        except httpx.HTTPError as exc:
-            raise from_httpx_error(exc, backend=BACKEND) from exc
-
-    async def _asse(self, url: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        try:
-            async with self._aclient.stream("POST", url, json=body, **self._request_kwargs()) as r:
-                if r.status_code >= 400:
-                    await r.aread()
-                    raise from_response(r, backend=BACKEND)
-                async for event in aiter_sse(r.aiter_lines(), backend=BACKEND):
-                    yield event
-        except httpx.HTTPError as exc:
-            raise from_httpx_error(exc, backend=BACKEND) from exc
 
     # ---- discovery ----
     def _limits_from_models(self, body: Any) -> Limits:
@@ -441,9 +313,7 @@ class _ServerConnection(BaseModel):
         t = self.health_timeout / 2  # type: ignore[attr-defined]
         health: httpx.Response | Exception
         try:
-            health = self._client.get(
-                f"{self._root}/health", timeout=t, **_no_timeout(self._request_kwargs())
-            )
+            health = self._get(f"{self._root}/health", timeout=t)
         except Exception as exc:
             health = exc
         try:
@@ -457,9 +327,7 @@ class _ServerConnection(BaseModel):
         t = self.health_timeout / 2  # type: ignore[attr-defined]
         health: httpx.Response | Exception
         try:
-            health = await self._aclient.get(
-                f"{self._root}/health", timeout=t, **_no_timeout(self._request_kwargs())
-            )
+            health = await self._aget(f"{self._root}/health", timeout=t)
         except Exception as exc:
             health = exc
         try:
@@ -467,19 +335,6 @@ class _ServerConnection(BaseModel):
         except Exception as exc:
             models = exc
         return self._judge(started, health, models)
-
-    def close(self) -> None:
-        """Close the clients this model opened (injected clients are left alone)."""
-        if self._sync is not None:
-            self._sync.close()
-            self._sync = None
-
-    async def aclose(self) -> None:
-        """Async twin of :meth:`close`."""
-        if self._async is not None:
-            await self._async.aclose()
-            self._async = None
-        self.close()
 
     def _extra_params(self) -> dict[str, Any]:
         extra = {
@@ -495,25 +350,12 @@ class _ServerConnection(BaseModel):
         return out
 
 
-def _no_timeout(kw: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in kw.items() if k != "timeout"}
-
-
 async def _ameasure(acount: Any) -> TemplateBound | None:
     """Async twin of :meth:`TemplateBound.measure` (the probes run concurrently)."""
     results = await asyncio.gather(
         *(acount(p) for p in TemplateBound.probes()), return_exceptions=True
     )
     return TemplateBound.from_counts([r if isinstance(r, int) else None for r in results])
-
-
-def _json_or_raise(r: httpx.Response) -> Any:
-    if r.status_code >= 400:
-        raise from_response(r, backend=BACKEND)
-    try:
-        return r.json()
-    except ValueError:
-        raise malformed_body(f"not JSON: {r.text[:200]!r}", body=r.text, backend=BACKEND) from None
 
 
 def _count_of(body: Any) -> int:
@@ -596,14 +438,15 @@ class ChatVLLMServer(_ServerConnection, OpenAIToolsMixin):
         model = req.params.get("model", self.model_name)
         payload = chat_payload(req, model, stream_usage=self.stream_usage)
         state = ChatStream(backend=BACKEND, model=model, usage_fallback=self._usage_fallback(req))
-        yield from state.run(self._sse(f"{self.base_url}/chat/completions", payload))
+        yield from state.run(self._sse(f"{self.base_url}/chat/completions", payload, iter_sse))
 
     async def _achat_stream(self, req: ChatRequest) -> AsyncIterator[ChatGenerationChunk]:
         assert self.base_url
         model = req.params.get("model", self.model_name)
         payload = chat_payload(req, model, stream_usage=self.stream_usage)
         state = ChatStream(backend=BACKEND, model=model, ausage_fallback=self._ausage_fallback(req))
-        async for chunk in state.arun(self._asse(f"{self.base_url}/chat/completions", payload)):
+        events = self._asse(f"{self.base_url}/chat/completions", payload, aiter_sse)
+        async for chunk in state.arun(events):
             yield chunk
 
 
@@ -660,7 +503,7 @@ class VLLMServer(_ServerConnection, MultiLLMCompletionModel):
         model = req.params.get("model", self.model_name)
         payload = completion_payload(req.prompt, req.params, model, stream=True, stream_usage=True)
         yield from CompletionStream(backend=BACKEND, model=model).run(
-            self._sse(f"{self.base_url}/completions", payload)
+            self._sse(f"{self.base_url}/completions", payload, iter_sse)
         )
 
     async def _acomplete_stream(self, req: CompletionRequest) -> AsyncIterator[GenerationChunk]:
@@ -668,5 +511,6 @@ class VLLMServer(_ServerConnection, MultiLLMCompletionModel):
         model = req.params.get("model", self.model_name)
         payload = completion_payload(req.prompt, req.params, model, stream=True, stream_usage=True)
         state = CompletionStream(backend=BACKEND, model=model)
-        async for chunk in state.arun(self._asse(f"{self.base_url}/completions", payload)):
+        events = self._asse(f"{self.base_url}/completions", payload, aiter_sse)
+        async for chunk in state.arun(events):
             yield chunk
