@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from langchain_multillm.backends.llamacpp import ChatLlamaCpp, LlamaCpp
+    from langchain_multillm.backends.tgi import TGI, ChatTGI
     from langchain_multillm.backends.vllm_server import ChatVLLMServer, VLLMServer
     from langchain_multillm.chains import create_rag_chain, create_summarize_chain
     from langchain_multillm.errors import (
@@ -39,6 +40,8 @@ _LAZY: dict[str, str] = {
     "ChatLlamaCpp": "langchain_multillm.backends.llamacpp",
     "LlamaCpp": "langchain_multillm.backends.llamacpp",
     "ChatVLLMServer": "langchain_multillm.backends.vllm_server",
+    "ChatTGI": "langchain_multillm.backends.tgi",
+    "TGI": "langchain_multillm.backends.tgi",
     "VLLMServer": "langchain_multillm.backends.vllm_server",
     "FitReport": "langchain_multillm.fit",
     "Limits": "langchain_multillm.fit",
@@ -67,12 +70,14 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = [
+    "TGI",
     "AuthenticationError",
     "BackendError",
     "BackendTimeoutError",
     "BackendUnavailableError",
     "BadRequestError",
     "ChatLlamaCpp",
+    "ChatTGI",
     "ChatVLLMServer",
     "ContentFilteredError",
     "ContextWindowExceededError",

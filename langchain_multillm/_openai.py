@@ -208,6 +208,10 @@ def completion_text(body: Any, *, backend: str) -> tuple[str, str, dict[str, Any
 _DONE: dict[str, Any] = {}
 
 
+# TGI names an in-stream error by type; the status its routes answer for that type.
+ERROR_TYPE_STATUS = {"validation": 422, "overloaded": 429, "generation": 424, "healthcheck": 503}
+
+
 def _sse_event(line: str, *, backend: str) -> dict[str, Any] | None:
     """One SSE line: its JSON event, ``_DONE`` at ``[DONE]``, None for other lines."""
     if not line.startswith("data:"):
@@ -222,8 +226,10 @@ def _sse_event(line: str, *, backend: str) -> dict[str, Any] | None:
     if isinstance(event, dict) and "error" in event:
         err = event["error"]
         code = err.get("code") if isinstance(err, dict) else None
+        if not isinstance(code, int):  # TGI: {"error": "...", "error_type": "overloaded"}
+            code = ERROR_TYPE_STATUS.get(str(event.get("error_type")), 500)
         raise from_status(
-            code if isinstance(code, int) else 500,
+            code,
             error_message_from_body(event, "error in stream"),
             body=event,
             backend=backend,
@@ -235,18 +241,24 @@ def _no_done(backend: str) -> IncompleteResponseError:
     return IncompleteResponseError("the stream ended without its [DONE] marker", backend=backend)
 
 
-def iter_sse(lines: Iterable[str], *, backend: str) -> Iterator[dict[str, Any]]:
-    """JSON events of an OpenAI-style SSE stream; raises if ``[DONE]`` never comes."""
+def iter_sse(
+    lines: Iterable[str], *, backend: str, require_done: bool = True
+) -> Iterator[dict[str, Any]]:
+    """JSON events of an SSE stream; an error event raises, and so does a missing ``[DONE]``
+    (where the protocol ends with one: OpenAI's does, TGI's generate stream does not)."""
     for line in lines:
         event = _sse_event(line, backend=backend)
         if event is _DONE:
             return
         if event is not None:
             yield event
-    raise _no_done(backend)
+    if require_done:
+        raise _no_done(backend)
 
 
-async def aiter_sse(lines: AsyncIterable[str], *, backend: str) -> AsyncIterator[dict[str, Any]]:
+async def aiter_sse(
+    lines: AsyncIterable[str], *, backend: str, require_done: bool = True
+) -> AsyncIterator[dict[str, Any]]:
     """Async twin of :func:`iter_sse`."""
     async for line in lines:
         event = _sse_event(line, backend=backend)
@@ -254,7 +266,8 @@ async def aiter_sse(lines: AsyncIterable[str], *, backend: str) -> AsyncIterator
             return
         if event is not None:
             yield event
-    raise _no_done(backend)
+    if require_done:
+        raise _no_done(backend)
 
 
 class _StreamState:

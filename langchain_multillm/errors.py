@@ -180,7 +180,8 @@ class InvalidInputError(ValueError):
 _CONTEXT_PATTERNS = re.compile(
     r"maximum context length|context length|context window|too many tokens|"
     r"input tokens|exceeds? the (?:model'?s )?(?:context|max)|prompt is too long|"
-    r"must have less than \d+ input tokens|inputs tokens \+ `max_new_tokens`",
+    r"must have less than \d+ input tokens|inputs`? tokens \+ `?max_new_tokens|"
+    r"`?inputs`? must have less than \d+ tokens",
     re.IGNORECASE,
 )
 
@@ -262,6 +263,8 @@ def from_status(
         return ModelNotFoundError(message, **kw)
     if status == 408:
         return BackendTimeoutError(message, **kw)
+    if status == 424:  # TGI: the generation failed (a failed dependency)
+        return BackendError(message, **kw)
     if status == 429:
         return RateLimitError(message, retry_after=retry_after, **kw)
     if status in (502, 503, 504):

@@ -14,7 +14,7 @@ once; :func:`chat_bound` adds the bytes.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
@@ -233,6 +233,16 @@ class TemplateBound:
             except Exception:
                 counts.append(None)
         return cls.from_counts(counts)
+
+    @classmethod
+    async def ameasure(
+        cls, acount: Callable[[list[dict[str, str]]], Awaitable[int]]
+    ) -> TemplateBound | None:
+        """Async twin of :meth:`measure` (the probes run concurrently)."""
+        import asyncio
+
+        results = await asyncio.gather(*(acount(p) for p in cls.probes()), return_exceptions=True)
+        return cls.from_counts([r if isinstance(r, int) else None for r in results])
 
     def bound(self, texts_by_role: Sequence[tuple[str, str]]) -> int | None:
         """Upper bound for messages given as (role, text); None if a role was not measured."""

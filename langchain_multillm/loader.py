@@ -13,6 +13,7 @@ __all__ = ["PROVIDERS", "load_chat_model"]
 PROVIDERS: dict[str, tuple[str, str, str]] = {
     "vllm-server": ("langchain_multillm.backends.vllm_server", "ChatVLLMServer", "model"),
     "llamacpp": ("langchain_multillm.backends.llamacpp", "ChatLlamaCpp", "model_path"),
+    "tgi": ("langchain_multillm.backends.tgi", "ChatTGI", "model"),
 }
 
 

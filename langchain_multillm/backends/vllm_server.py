@@ -8,7 +8,6 @@ OpenAI API lacks: the context window from ``/v1/models`` (``max_model_len``), ex
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, ClassVar
@@ -198,7 +197,7 @@ class _ServerConnection(HTTPConnection):
         assert self.base_url
         limits = self._limits_from_models(await self._aget_json(f"{self.base_url}/models"))
         if await self._atokenize_available():
-            self._bound = await _ameasure(self._acount_messages)
+            self._bound = await TemplateBound.ameasure(self._acount_messages)
         return limits
 
     def _tokenize_available(self) -> bool:
@@ -348,14 +347,6 @@ class _ServerConnection(HTTPConnection):
         out = {k: v for k, v in extra.items() if v is not None}
         out.update(self.extra_body or {})
         return out
-
-
-async def _ameasure(acount: Any) -> TemplateBound | None:
-    """Async twin of :meth:`TemplateBound.measure` (the probes run concurrently)."""
-    results = await asyncio.gather(
-        *(acount(p) for p in TemplateBound.probes()), return_exceptions=True
-    )
-    return TemplateBound.from_counts([r if isinstance(r, int) else None for r in results])
 
 
 def _count_of(body: Any) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from langchain_tests.unit_tests import ChatModelUnitTests
 
-from langchain_multillm import ChatVLLMServer
+from langchain_multillm import ChatTGI, ChatVLLMServer
 
 
 class TestChatVLLMServerUnit(ChatModelUnitTests):
@@ -22,4 +22,22 @@ class TestChatVLLMServerUnit(ChatModelUnitTests):
             {"VLLM_BASE_URL": "http://127.0.0.1:9/v1", "VLLM_API_KEY": "env-key"},
             {"model": "smollm2"},
             {"base_url": "http://127.0.0.1:9/v1", "api_key": "env-key"},
+        )
+
+
+class TestChatTGIUnit(ChatModelUnitTests):
+    @property
+    def chat_model_class(self) -> type[ChatTGI]:
+        return ChatTGI
+
+    @property
+    def chat_model_params(self) -> dict:
+        return {"model": "smollm2", "base_url": "http://127.0.0.1:9"}
+
+    @property
+    def init_from_env_params(self) -> tuple[dict, dict, dict]:
+        return (
+            {"TGI_BASE_URL": "http://127.0.0.1:9", "HF_TOKEN": "env-key"},
+            {"model": "smollm2"},
+            {"base_url": "http://127.0.0.1:9", "api_key": "env-key"},
         )
