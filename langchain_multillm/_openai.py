@@ -44,6 +44,7 @@ from langchain_core.utils.function_calling import convert_to_json_schema, conver
 from langchain_core.utils.pydantic import is_basemodel_subclass
 
 from langchain_multillm._base import ChatRequest, MultiLLMChatModel
+from langchain_multillm._http import HTTPConnection
 from langchain_multillm.errors import (
     IncompleteResponseError,
     InvalidInputError,
@@ -54,6 +55,7 @@ from langchain_multillm.errors import (
 
 __all__ = [
     "ChatStream",
+    "OpenAIChatOverHTTP",
     "OpenAIToolsMixin",
     "aiter_sse",
     "chat_payload",
@@ -568,3 +570,69 @@ class OpenAIToolsMixin(MultiLLMChatModel):
             [parser_none], exception_key="parsing_error"
         )
         return RunnableMap(raw=llm) | parser_with_fallback
+
+
+# ------------------------------------------------------------------ chat over HTTP
+
+
+class OpenAIChatOverHTTP(HTTPConnection, OpenAIToolsMixin):
+    """A chat model that posts OpenAI chat bodies over an :class:`HTTPConnection`.
+
+    A backend names its URL (``_chat_url``) and may reshape the body (``_chat_body``), check
+    the request before it goes (``_before_send`` / ``_abefore_send``), and fill stream usage a
+    server leaves out (``_usage_fallback`` / ``_ausage_fallback``).
+    """
+
+    def _chat_url(self) -> str:
+        raise NotImplementedError
+
+    def _chat_body(self, req: ChatRequest, *, stream_usage: bool) -> dict[str, Any]:
+        return chat_payload(
+            req, req.params.get("model", self.model_name), stream_usage=stream_usage
+        )
+
+    def _before_send(self, req: ChatRequest) -> None:
+        """Checks of a request the backend makes before sending it."""
+
+    async def _abefore_send(self, req: ChatRequest) -> None:
+        """Async twin of :meth:`_before_send`."""
+        self._before_send(req)
+
+    def _usage_fallback(self, req: ChatRequest) -> Callable[[str], UsageMetadata | None] | None:
+        return None
+
+    def _ausage_fallback(
+        self, req: ChatRequest
+    ) -> Callable[[str], Awaitable[UsageMetadata | None]] | None:
+        return None
+
+    def _chat(self, req: ChatRequest) -> ChatResult:
+        self._before_send(req)
+        body = self._post_json(self._chat_url(), self._chat_body(req, stream_usage=False))
+        return chat_result(body, backend=self._backend, fallback_model=self.model_name)
+
+    async def _achat(self, req: ChatRequest) -> ChatResult:
+        await self._abefore_send(req)
+        body = await self._apost_json(self._chat_url(), self._chat_body(req, stream_usage=False))
+        return chat_result(body, backend=self._backend, fallback_model=self.model_name)
+
+    def _chat_stream(self, req: ChatRequest) -> Iterator[ChatGenerationChunk]:
+        self._before_send(req)
+        body = self._chat_body(req, stream_usage=self.stream_usage)
+        state = ChatStream(
+            backend=self._backend,
+            model=body.get("model") or self.model_name,
+            usage_fallback=self._usage_fallback(req),
+        )
+        yield from state.run(self._sse(self._chat_url(), body, iter_sse))
+
+    async def _achat_stream(self, req: ChatRequest) -> AsyncIterator[ChatGenerationChunk]:
+        await self._abefore_send(req)
+        body = self._chat_body(req, stream_usage=self.stream_usage)
+        state = ChatStream(
+            backend=self._backend,
+            model=body.get("model") or self.model_name,
+            ausage_fallback=self._ausage_fallback(req),
+        )
+        async for chunk in state.arun(self._asse(self._chat_url(), body, aiter_sse)):
+            yield chunk

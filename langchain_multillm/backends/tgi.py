@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any, ClassVar
 
 import httpx
-from langchain_core.outputs import ChatGenerationChunk, ChatResult, Generation, GenerationChunk
+from langchain_core.outputs import Generation, GenerationChunk
 from langchain_core.utils import from_env, secret_from_env
 from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
@@ -31,11 +31,8 @@ from langchain_multillm._base import (
 )
 from langchain_multillm._http import HTTPConnection, check_url, server_root
 from langchain_multillm._openai import (
-    ChatStream,
-    OpenAIToolsMixin,
+    OpenAIChatOverHTTP,
     aiter_sse,
-    chat_payload,
-    chat_result,
     iter_sse,
     to_openai_messages,
 )
@@ -299,7 +296,7 @@ def tgi_chat_body(payload: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-class ChatTGI(_TGIConnection, OpenAIToolsMixin):
+class ChatTGI(_TGIConnection, OpenAIChatOverHTTP):
     """Chat with a model on a text-generation-inference server (its Messages API).
 
     Example:
@@ -356,7 +353,15 @@ class ChatTGI(_TGIConnection, OpenAIToolsMixin):
         }
         return {**super()._default_params(), **{k: v for k, v in extra.items() if v is not None}}
 
-    def _body(self, req: ChatRequest, *, stream_usage: bool) -> dict[str, Any]:
+    def _before_send(self, req: ChatRequest) -> None:
+        self.get_limits()  # /info: max_stop_sequences (asked once)
+        self._check_request(req)
+
+    async def _abefore_send(self, req: ChatRequest) -> None:
+        await self.aget_limits()
+        self._check_request(req)
+
+    def _check_request(self, req: ChatRequest) -> None:
         if not self.chat_completion_enabled:
             raise InvalidInputError(
                 "chat_completion_enabled",
@@ -369,36 +374,12 @@ class ChatTGI(_TGIConnection, OpenAIToolsMixin):
                     name, "TGI's Messages API has no such parameter; use TGI for it"
                 )
         self._check_stop(req.params)
-        model = req.params.get("model", self.model_name)
-        return tgi_chat_body(chat_payload(req, model, stream_usage=stream_usage))
 
-    def _chat(self, req: ChatRequest) -> ChatResult:
-        self.get_limits()
-        body = self._post_json(
-            f"{self._root}/v1/chat/completions", self._body(req, stream_usage=False)
-        )
-        return chat_result(body, backend=BACKEND, fallback_model=self.model_name)
+    def _chat_url(self) -> str:
+        return f"{self._root}/v1/chat/completions"
 
-    async def _achat(self, req: ChatRequest) -> ChatResult:
-        await self.aget_limits()
-        body = await self._apost_json(
-            f"{self._root}/v1/chat/completions", self._body(req, stream_usage=False)
-        )
-        return chat_result(body, backend=BACKEND, fallback_model=self.model_name)
-
-    def _chat_stream(self, req: ChatRequest) -> Iterator[ChatGenerationChunk]:
-        self.get_limits()
-        body = self._body(req, stream_usage=self.stream_usage)
-        state = ChatStream(backend=BACKEND, model=body.get("model") or self.model_name)
-        yield from state.run(self._sse(f"{self._root}/v1/chat/completions", body, iter_sse))
-
-    async def _achat_stream(self, req: ChatRequest) -> AsyncIterator[ChatGenerationChunk]:
-        await self.aget_limits()
-        body = self._body(req, stream_usage=self.stream_usage)
-        state = ChatStream(backend=BACKEND, model=body.get("model") or self.model_name)
-        events = self._asse(f"{self._root}/v1/chat/completions", body, aiter_sse)
-        async for chunk in state.arun(events):
-            yield chunk
+    def _chat_body(self, req: ChatRequest, *, stream_usage: bool) -> dict[str, Any]:
+        return tgi_chat_body(super()._chat_body(req, stream_usage=stream_usage))
 
 
 # ------------------------------------------------------------------ TGI's generate routes

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import httpx
 from langchain_core.messages.ai import UsageMetadata
-from langchain_core.outputs import ChatGenerationChunk, ChatResult, Generation, GenerationChunk
+from langchain_core.outputs import Generation, GenerationChunk
 from langchain_core.utils import from_env, secret_from_env
 from pydantic import (
     Field,
@@ -38,12 +38,9 @@ from langchain_multillm._http import (
     warn_insecure,
 )
 from langchain_multillm._openai import (
-    ChatStream,
     CompletionStream,
-    OpenAIToolsMixin,
+    OpenAIChatOverHTTP,
     aiter_sse,
-    chat_payload,
-    chat_result,
     completion_payload,
     completion_text,
     iter_sse,
@@ -356,7 +353,7 @@ def _count_of(body: Any) -> int:
         raise malformed_body("/tokenize gave no count", body=body, backend=BACKEND) from None
 
 
-class ChatVLLMServer(_ServerConnection, OpenAIToolsMixin):
+class ChatVLLMServer(_ServerConnection, OpenAIChatOverHTTP):
     """Chat with a model on a running vLLM server (or another OpenAI-compatible server).
 
     Example:
@@ -386,7 +383,7 @@ class ChatVLLMServer(_ServerConnection, OpenAIToolsMixin):
         return {**super()._default_params(), **self._extra_params()}
 
     # Where a server sends no usage in a stream, count it with /tokenize (exact), if it can.
-    def _usage_fallback(self, req: ChatRequest) -> Callable[[str], UsageMetadata | None]:
+    def _usage_fallback(self, req: ChatRequest) -> Callable[[str], UsageMetadata | None] | None:
         def fill(text: str) -> UsageMetadata | None:
             if not self.stream_usage or not self._tokenize_available():
                 return None
@@ -398,7 +395,7 @@ class ChatVLLMServer(_ServerConnection, OpenAIToolsMixin):
 
     def _ausage_fallback(
         self, req: ChatRequest
-    ) -> Callable[[str], Awaitable[UsageMetadata | None]]:
+    ) -> Callable[[str], Awaitable[UsageMetadata | None]] | None:
         async def fill(text: str) -> UsageMetadata | None:
             if not self.stream_usage or not await self._atokenize_available():
                 return None
@@ -408,37 +405,8 @@ class ChatVLLMServer(_ServerConnection, OpenAIToolsMixin):
 
         return fill
 
-    def _chat(self, req: ChatRequest) -> ChatResult:
-        assert self.base_url
-        body = self._post_json(
-            f"{self.base_url}/chat/completions",
-            chat_payload(req, req.params.get("model", self.model_name), stream_usage=False),
-        )
-        return chat_result(body, backend=BACKEND, fallback_model=self.model_name)
-
-    async def _achat(self, req: ChatRequest) -> ChatResult:
-        assert self.base_url
-        body = await self._apost_json(
-            f"{self.base_url}/chat/completions",
-            chat_payload(req, req.params.get("model", self.model_name), stream_usage=False),
-        )
-        return chat_result(body, backend=BACKEND, fallback_model=self.model_name)
-
-    def _chat_stream(self, req: ChatRequest) -> Iterator[ChatGenerationChunk]:
-        assert self.base_url
-        model = req.params.get("model", self.model_name)
-        payload = chat_payload(req, model, stream_usage=self.stream_usage)
-        state = ChatStream(backend=BACKEND, model=model, usage_fallback=self._usage_fallback(req))
-        yield from state.run(self._sse(f"{self.base_url}/chat/completions", payload, iter_sse))
-
-    async def _achat_stream(self, req: ChatRequest) -> AsyncIterator[ChatGenerationChunk]:
-        assert self.base_url
-        model = req.params.get("model", self.model_name)
-        payload = chat_payload(req, model, stream_usage=self.stream_usage)
-        state = ChatStream(backend=BACKEND, model=model, ausage_fallback=self._ausage_fallback(req))
-        events = self._asse(f"{self.base_url}/chat/completions", payload, aiter_sse)
-        async for chunk in state.arun(events):
-            yield chunk
+    def _chat_url(self) -> str:
+        return f"{self.base_url}/chat/completions"
 
 
 class VLLMServer(_ServerConnection, MultiLLMCompletionModel):
