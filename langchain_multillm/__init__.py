@@ -11,6 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from langchain_multillm.backends.deepseek import ChatDeepSeek
     from langchain_multillm.backends.llamacpp import ChatLlamaCpp, LlamaCpp
     from langchain_multillm.backends.tgi import TGI, ChatTGI
     from langchain_multillm.backends.vllm_server import ChatVLLMServer, VLLMServer
@@ -41,6 +42,7 @@ _LAZY: dict[str, str] = {
     "LlamaCpp": "langchain_multillm.backends.llamacpp",
     "ChatVLLMServer": "langchain_multillm.backends.vllm_server",
     "ChatTGI": "langchain_multillm.backends.tgi",
+    "ChatDeepSeek": "langchain_multillm.backends.deepseek",
     "TGI": "langchain_multillm.backends.tgi",
     "VLLMServer": "langchain_multillm.backends.vllm_server",
     "FitReport": "langchain_multillm.fit",
@@ -76,6 +78,7 @@ __all__ = [
     "BackendTimeoutError",
     "BackendUnavailableError",
     "BadRequestError",
+    "ChatDeepSeek",
     "ChatLlamaCpp",
     "ChatTGI",
     "ChatVLLMServer",

@@ -124,6 +124,8 @@ def usage_metadata(usage: dict[str, Any] | None) -> UsageMetadata | None:
         total_tokens=int(usage.get("total_tokens") or inp + out),
     )
     cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+    if cached is None:  # DeepSeek reports its context cache at the top level
+        cached = usage.get("prompt_cache_hit_tokens")
     if cached is not None:
         result["input_token_details"] = {"cache_read": int(cached)}
     reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens")

@@ -14,6 +14,7 @@ PROVIDERS: dict[str, tuple[str, str, str]] = {
     "vllm-server": ("langchain_multillm.backends.vllm_server", "ChatVLLMServer", "model"),
     "llamacpp": ("langchain_multillm.backends.llamacpp", "ChatLlamaCpp", "model_path"),
     "tgi": ("langchain_multillm.backends.tgi", "ChatTGI", "model"),
+    "deepseek": ("langchain_multillm.backends.deepseek", "ChatDeepSeek", "model"),
 }
 
 

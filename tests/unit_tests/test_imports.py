@@ -9,6 +9,7 @@ EXPECTED_ALL = [
     "BackendTimeoutError",
     "BackendUnavailableError",
     "BadRequestError",
+    "ChatDeepSeek",
     "ChatLlamaCpp",
     "ChatTGI",
     "ChatVLLMServer",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from langchain_tests.unit_tests import ChatModelUnitTests
 
-from langchain_multillm import ChatTGI, ChatVLLMServer
+from langchain_multillm import ChatDeepSeek, ChatTGI, ChatVLLMServer
 
 
 class TestChatVLLMServerUnit(ChatModelUnitTests):
@@ -40,4 +40,22 @@ class TestChatTGIUnit(ChatModelUnitTests):
             {"TGI_BASE_URL": "http://127.0.0.1:9", "HF_TOKEN": "env-key"},
             {"model": "smollm2"},
             {"base_url": "http://127.0.0.1:9", "api_key": "env-key"},
+        )
+
+
+class TestChatDeepSeekUnit(ChatModelUnitTests):
+    @property
+    def chat_model_class(self) -> type[ChatDeepSeek]:
+        return ChatDeepSeek
+
+    @property
+    def chat_model_params(self) -> dict:
+        return {"model": "deepseek-chat", "api_key": "sk-test", "base_url": "http://127.0.0.1:9"}
+
+    @property
+    def init_from_env_params(self) -> tuple[dict, dict, dict]:
+        return (
+            {"DEEPSEEK_API_KEY": "env-key", "DEEPSEEK_API_BASE": "http://127.0.0.1:9"},
+            {"model": "deepseek-chat"},
+            {"api_key": "env-key", "base_url": "http://127.0.0.1:9"},
         )
