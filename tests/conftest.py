@@ -92,5 +92,28 @@ def vllm_server_url() -> Iterator[str]:
         peers.stop(proc)
 
 
+@pytest.fixture(scope="session")
+def tgi_server_url(llama_cpp_available: str) -> Iterator[str]:
+    """The TGI protocol fixture on 127.0.0.1 (root URL, no /v1): answers as TGI 3.3.6 does,
+    generates with the bundled SmolLM2, validates all traffic against ../shared/specs."""
+    try:
+        import uvicorn  # noqa: F401
+
+        from tests.fixtures import tgi_server  # jsonschema, referencing, starlette
+    except ImportError as exc:
+        peer_missing(f"the TGI fixture's dependencies ({exc}); run `make install`")
+        raise
+    if not tgi_server.DEFAULT_SPEC.is_file():
+        peer_missing(f"the TGI OpenAPI spec is not at {tgi_server.DEFAULT_SPEC}")
+    port = peers.free_port()
+    log = LOG_DIR / "tgi_fixture.log"
+    proc = peers.start_tgi_fixture(port, log, llama_cpp_available)
+    try:
+        peers.wait_ready(f"http://127.0.0.1:{port}/health", proc, 60, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        peers.stop(proc)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     Path(LOG_DIR).mkdir(parents=True, exist_ok=True)

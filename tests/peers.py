@@ -1,4 +1,5 @@
-"""Start and stop the real peer servers used by the integration tiers (stdlib + httpx).
+"""Start and stop the real peer servers used by the integration tiers (stdlib + httpx), and the
+TGI protocol fixture (tests/fixtures/tgi_server.py).
 
 vLLM runs from its own venv (.peers/vllm, made by scripts/peers/setup_vllm.sh) on the
 SmolLM2 Hugging Face folder (.peers/smollm2-hf); llama.cpp runs from the current
@@ -110,6 +111,21 @@ def start_llama_cpp_server(port: int, log_path: Path, model_path: str) -> subpro
         "--n_ctx", str(CONTEXT_WINDOW),
         "--n_threads", "2",
         "--n_threads_batch", "2",
+    ]  # fmt: skip
+    return _popen(cmd, log_path)
+
+
+def start_tgi_fixture(
+    port: int, log_path: Path, model_path: str, *extra_args: str
+) -> subprocess.Popen:
+    """The TGI protocol fixture (tests/fixtures/tgi_server.py) on 127.0.0.1:port, serving
+    the bundled GGUF as "smollm2"; extra_args go to its command line (limits, ...)."""
+    cmd = [
+        sys.executable, "-m", "tests.fixtures.tgi_server",
+        "--port", str(port),
+        "--model-id", SERVED_MODEL_NAME,
+        "--gguf", str(model_path),
+        *extra_args,
     ]  # fmt: skip
     return _popen(cmd, log_path)
 
