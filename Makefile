@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: install peers demo test test-unit test-llamacpp test-vllm test-notebooks test-embeddings lint format bench docs clean
+.PHONY: install peers demo test test-unit test-llamacpp test-vllm test-notebooks test-embeddings test-tgi lint format bench docs record-tgi clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,18 +50,30 @@ test-embeddings: install
 	$(PIP) install -q -e '.[embeddings]'
 	$(PYTEST) tests/integration_tests -m "embeddings"
 
+# The TGI backend against the TGI protocol fixture (tests/fixtures/tgi_server.py), spec-validated.
+test-tgi: install
+	$(PYTEST) tests/integration_tests -m "tgi"
+
 test-vllm: install peers
 	$(PYTEST) tests/integration_tests -m "vllm_server"
 
 test-notebooks: install peers
 	$(PYTEST) --nbmake --nbmake-timeout=600 notebooks
 
-test: lint docs test-unit test-llamacpp test-embeddings test-vllm test-notebooks
+test: lint docs test-unit test-llamacpp test-embeddings test-tgi test-vllm test-notebooks
 
 bench: install
 	$(PIP) install -q --group bench
 	$(PY) bench/run.py
 	$(PY) bench/rag.py
+
+# Re-record the TGI cassettes (tests/unit_tests/test_tgi_cassettes.py) against a real server:
+#   TGI_BASE_URL=http://host:8080 make record-tgi
+# TGI_CASSETTE_SOURCE=fixture names a recording made against the fixture; TGI_CASSETTE_DIR
+# writes somewhere else. Authorization headers are filtered out of the cassettes.
+record-tgi: install
+	@test -n "$$TGI_BASE_URL" || { echo "record-tgi: set TGI_BASE_URL to a running TGI server" >&2; exit 2; }
+	$(PYTEST) tests/unit_tests/test_tgi_cassettes.py --record-mode=rewrite
 
 # The docs site (mkdocs-material), built in strict mode: a broken link or anchor fails it.
 docs: install

@@ -229,7 +229,7 @@ def _sse_event(line: str, *, backend: str) -> dict[str, Any] | None:
         raise malformed_body(f"stream event is not JSON: {data[:200]!r}", backend=backend) from None
     if isinstance(event, dict) and "error" in event:
         err = event["error"]
-        code = err.get("code") if isinstance(err, dict) else None
+        code = (err.get("code") or err.get("http_status_code")) if isinstance(err, dict) else None
         if not isinstance(code, int):  # TGI: {"error": "...", "error_type": "overloaded"}
             code = ERROR_TYPE_STATUS.get(str(event.get("error_type")), 500)
         raise from_status(

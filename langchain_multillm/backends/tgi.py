@@ -292,7 +292,11 @@ def tgi_chat_body(payload: dict[str, Any]) -> dict[str, Any]:
                 "value": {"name": spec.get("name"), "schema": spec.get("schema", {})},
             }
         elif fmt.get("type") == "json_object":
-            body["response_format"] = {"type": "json", "value": {"type": "object"}}
+            raise InvalidInputError(
+                "response_format",
+                "TGI has no free-form JSON mode (its JSON grammar needs a schema with "
+                "properties); use with_structured_output(schema) (method json_schema)",
+            )
     return body
 
 
@@ -516,13 +520,18 @@ class TGI(_TGIConnection, MultiLLMCompletionModel):
         if max_new_tokens is not None:
             params["max_new_tokens"] = max_new_tokens
         temperature = p.pop("temperature", None)
-        if temperature == 0:  # greedy: TGI refuses a temperature of 0
-            params["do_sample"] = False
-        elif temperature is not None:
-            params["temperature"] = temperature
         top_p = p.pop("top_p", None)
-        if top_p is not None and top_p < 1:  # TGI takes top_p in (0, 1); 1 means no cut
-            params["top_p"] = top_p
+        if temperature == 0:
+            # Greedy. TGI refuses a temperature of 0, and samples whenever a warper (top_k,
+            # top_p, typical_p) is set: the argmax needs none of them.
+            params["do_sample"] = False
+            for warper in ("top_k", "typical_p"):
+                p.pop(warper, None)
+        else:
+            if temperature is not None:
+                params["temperature"] = temperature
+            if top_p is not None and top_p < 1:  # TGI takes top_p in (0, 1); 1 means no cut
+                params["top_p"] = top_p
         for key in (*GENERATE_ONLY, "seed", "grammar", "stop"):
             value = p.pop(key, None)
             if value is not None and value != []:

@@ -285,7 +285,7 @@ def test_generate_body_maps_langchain_parameters() -> None:
     llm = make(
         TGI,
         fake,
-        temperature=0,
+        temperature=0.7,
         top_p=1.0,
         max_tokens=5,
         top_k=4,
@@ -303,7 +303,7 @@ def test_generate_body_maps_langchain_parameters() -> None:
             "details": True,
             "return_full_text": False,
             "max_new_tokens": 5,
-            "do_sample": False,
+            "temperature": 0.7,
             "top_k": 4,
             "repetition_penalty": 1.1,
             "truncate": 30,
@@ -312,6 +312,10 @@ def test_generate_body_maps_langchain_parameters() -> None:
             "grammar": {"type": "regex", "value": "[A-Z]+"},
         },
     }
+    # temperature 0 is greedy: do_sample false, and no warper (TGI samples when one is set).
+    llm.invoke("x", temperature=0)
+    params = fake.sent("/generate")[-1]["parameters"]
+    assert params["do_sample"] is False and not {"temperature", "top_k", "top_p"} & set(params)
 
 
 def test_generate_stream_usage_and_finish_from_the_last_event() -> None:
