@@ -13,6 +13,9 @@ time on these machines.
 
 If the peer is not provisioned (``make peers``), the vLLM notebook is skipped with the reason,
 or fails under ``REQUIRE_PEERS=1`` (what ``.ci/run`` sets).
+
+The TGI notebook talks to ``TGI_BASE_URL``; when that is not set, this file starts the
+repository's TGI protocol fixture (tests/fixtures/tgi_server.py, a few seconds) just for it.
 """
 
 from __future__ import annotations
@@ -108,8 +111,40 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         _start_peer()  # early, so the start overlaps the other notebooks
 
 
+TGI_NOTEBOOKS = {"tgi.ipynb"}
+_TGI: dict[str, subprocess.Popen] = {}
+
+
+def _start_tgi_fixture() -> None:
+    """The TGI fixture for the TGI notebook, unless TGI_BASE_URL names a server."""
+    if os.environ.get("TGI_BASE_URL"):
+        return
+    port = peers.free_port()
+    log = REPO_ROOT / ".build" / "peer-logs" / "tgi_fixture_notebooks.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    proc = peers.start_tgi_fixture(port, log, peers.smollm2_gguf_path())
+    _TGI["proc"] = proc
+    try:
+        peers.wait_ready(f"http://127.0.0.1:{port}/health", proc, 120, log)
+    except RuntimeError as exc:
+        _stop_tgi_fixture()
+        pytest.fail(f"the TGI fixture did not start (log: {log}): {exc}", pytrace=False)
+    os.environ["TGI_BASE_URL"] = f"http://127.0.0.1:{port}"
+
+
+def _stop_tgi_fixture() -> None:
+    proc = _TGI.pop("proc", None)
+    if proc is not None:
+        peers.stop(proc)
+        os.environ.pop("TGI_BASE_URL", None)
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Just before the vLLM notebook: start the server if not yet started, and wait for it."""
+    """Just before the vLLM notebook: start the server if not yet started, and wait for it.
+    Just before the TGI notebook: start the TGI fixture."""
+    if Path(str(item.fspath)).name in TGI_NOTEBOOKS:
+        _start_tgi_fixture()
+        return
     if not _needs_vllm(item):
         return
     if _Peer.problem is not None:
@@ -133,7 +168,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 def pytest_runtest_teardown(item: pytest.Item) -> None:
-    """Stop the server as soon as the last vLLM notebook has run."""
+    """Stop the server as soon as the last vLLM notebook has run (the TGI fixture likewise)."""
+    if Path(str(item.fspath)).name in TGI_NOTEBOOKS:
+        _stop_tgi_fixture()
     if _needs_vllm(item) and _Peer.needed:
         _Peer.pending -= 1
         if _Peer.pending <= 0:
@@ -141,5 +178,6 @@ def pytest_runtest_teardown(item: pytest.Item) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Safety net: stop the server if it still runs (an interrupted session)."""
+    """Safety net: stop the servers if they still run (an interrupted session)."""
     _stop_peer()
+    _stop_tgi_fixture()
