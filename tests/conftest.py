@@ -95,7 +95,7 @@ def vllm_server_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def tgi_server_url(llama_cpp_available: str) -> Iterator[str]:
     """The TGI protocol fixture on 127.0.0.1 (root URL, no /v1): answers as TGI 3.3.6 does,
-    generates with the bundled SmolLM2, validates all traffic against ../shared/specs."""
+    generates with the bundled SmolLM2, validates all traffic against tests/fixtures/specs."""
     try:
         import uvicorn  # noqa: F401
 
