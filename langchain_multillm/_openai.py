@@ -73,11 +73,30 @@ _LOCAL_KEYS = {"ls_structured_output_format", "context_overflow"}
 
 
 def to_openai_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
-    """LangChain messages as OpenAI chat messages (reasoning text is never sent back)."""
+    """LangChain messages as OpenAI chat messages (reasoning text is never sent back, and a tool
+    message carries no name: the wire format has none, as langchain-openai also strips it)."""
     out = convert_to_openai_messages(list(messages))
     for m in out:
         m.pop("reasoning_content", None)
+        if m.get("role") == "tool":  # the wire format's tool message has no name
+            m.pop("name", None)
+        elif m.get("role") == "assistant" and isinstance(m.get("content"), list):
+            m["content"] = _assistant_content(m["content"], has_calls=bool(m.get("tool_calls")))
     return out
+
+
+# Content blocks of an AIMessage (output_version "v1") that the wire format carries elsewhere
+# (tool calls in ``tool_calls``) or never sends back (reasoning).
+_NOT_SENT_BLOCKS = {"tool_call", "tool_call_chunk", "invalid_tool_call", "reasoning"}
+
+
+def _assistant_content(blocks: list[Any], *, has_calls: bool) -> str | list[Any] | None:
+    """An assistant message's content for the wire: text parts joined, the rest kept."""
+    kept = [b for b in blocks if not (isinstance(b, dict) and b.get("type") in _NOT_SENT_BLOCKS)]
+    if all(isinstance(b, dict) and b.get("type") == "text" for b in kept):
+        text = "".join(str(b.get("text", "")) for b in kept)
+        return text if text or not has_calls else None
+    return kept
 
 
 def _params(params: dict[str, Any]) -> dict[str, Any]:
