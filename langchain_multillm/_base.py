@@ -33,8 +33,10 @@ from langchain_core.messages import (
     ChatMessage,
     FunctionMessage,
     HumanMessage,
+    MessageLikeRepresentation,
     SystemMessage,
     ToolMessage,
+    convert_to_messages,
 )
 from langchain_core.outputs import (
     ChatGenerationChunk,
@@ -65,7 +67,9 @@ from langchain_multillm.health import HealthReport, describe, down
 
 __all__ = ["ChatRequest", "CompletionRequest", "MultiLLMChatModel", "MultiLLMCompletionModel"]
 
-PromptInput = str | Sequence[BaseMessage] | PromptValue
+# What invoke takes: text, a prompt value, or messages in any form LangChain converts
+# (message objects, ("role", "text") tuples, dicts).
+PromptInput = str | Sequence[MessageLikeRepresentation] | PromptValue
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
 
@@ -582,7 +586,7 @@ class MultiLLMChatModel(ModelSurface, _Sampling, BaseChatModel):
             if for_fit or tool_dicts:
                 return Prompt(messages=[HumanMessage(x)], tools=tool_dicts)
             return Prompt(text=x)
-        return Prompt(messages=list(x), tools=tool_dicts)
+        return Prompt(messages=convert_to_messages(x), tools=tool_dicts)
 
     def _format_tools(self, tools: Sequence[Any]) -> list[dict[str, Any]]:
         from langchain_core.utils.function_calling import convert_to_openai_tool
@@ -605,7 +609,12 @@ class MultiLLMChatModel(ModelSurface, _Sampling, BaseChatModel):
         req = ChatRequest(
             messages=messages, params=params, fit=UNCHECKED, stream=stream, tools=tools
         )
+        self._check_offline(req)
         return req, policy, Prompt(messages=messages, tools=tools)
+
+    def _check_offline(self, req: ChatRequest) -> None:
+        """Hook: refuse a request this backend can never serve, before any network call
+        (the fit check may already ask the server). Raise :class:`InvalidInputError`."""
 
     def _prepare(
         self,
@@ -723,7 +732,7 @@ class MultiLLMCompletionModel(ModelSurface, _Sampling, BaseLLM):
             return Prompt(text=x)
         from langchain_core.messages import get_buffer_string
 
-        return Prompt(text=get_buffer_string(list(x)))
+        return Prompt(text=get_buffer_string(convert_to_messages(x)))
 
     def _start(
         self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any], *, stream: bool

@@ -365,7 +365,9 @@ class ChatTGI(_TGIConnection, OpenAIChatOverHTTP):
         await self.aget_limits()
         self._check_request(req)
 
-    def _check_request(self, req: ChatRequest) -> None:
+    def _check_offline(self, req: ChatRequest) -> None:
+        """Before the fit check, which already asks the server (``/chat_tokenize`` answers a
+        template error for a base model)."""
         if not self.chat_completion_enabled:
             raise InvalidInputError(
                 "chat_completion_enabled",
@@ -377,6 +379,8 @@ class ChatTGI(_TGIConnection, OpenAIChatOverHTTP):
                 raise InvalidInputError(
                     name, "TGI's Messages API has no such parameter; use TGI for it"
                 )
+
+    def _check_request(self, req: ChatRequest) -> None:
         self._check_stop(req.params)
 
     def _chat_url(self) -> str:

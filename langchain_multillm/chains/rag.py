@@ -162,6 +162,16 @@ class RAGChain(Runnable[dict[str, Any], dict[str, Any]]):
             values["chat_history"] = history
         return self.prompt.invoke(values).to_messages()
 
+    def _smallest_block(self, docs: Sequence[Document]) -> int:
+        """Tokens of the smallest piece packing could place first: the best document's first
+        sentence when documents are cut, else the smallest whole document."""
+        if self.on_overflow == "cut":
+            text = docs[0].page_content.strip()
+            cuts = sentence_cuts(text)
+            first = Document(page_content=text[: cuts[0]].strip() if cuts else text)
+            return self.budget.text(format_document(1, first)) + SLACK_PER_DOCUMENT
+        return min(self.budget.text(format_document(1, d)) for d in docs) + SLACK_PER_DOCUMENT
+
     def _fit_cut(self, n: int, doc: Document, room: int) -> tuple[Document, int] | None:
         """The longest sentence-bounded start of ``doc`` whose block fits ``room``, if any."""
         text = doc.page_content.strip()
@@ -199,12 +209,16 @@ class RAGChain(Runnable[dict[str, Any], dict[str, Any]]):
 
         room = budget.room(answer)
         assert room is not None  # a prompt that does not fit has known limits
-        best_tokens = budget.text(format_document(1, docs[0])) + SLACK_PER_DOCUMENT
+        # History gives way, oldest turn first, only while it is what keeps the smallest
+        # packable document out (and, of course, when the question alone does not fit).
+        need = self._smallest_block(docs)
+        alone = budget.count(self._render(question, [], []))
+        docs_can_fit = alone + need <= room
         turns, history_dropped = _turns(history), 0
         while True:
             history = [m for t in turns for m in t]
             base = budget.count(self._render(question, history, []))
-            if base + best_tokens <= room or not turns:
+            if not turns or (base <= room and (base + need <= room or not docs_can_fit)):
                 break
             history_dropped += len(turns.pop(0))
         if base > room:

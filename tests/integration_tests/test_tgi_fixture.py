@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from langchain_multillm import TGI, ChatTGI
 from tests import peers
 from tests.conftest import LOG_DIR
 
@@ -511,6 +512,12 @@ def test_a_base_model_without_chat_template_and_other_limits(gguf_path: str) -> 
             assert "max_tokens" in ignored["message"]
             mistyped = {"inputs": "Hi", "parameters": {"max_new_tokens": "2"}}
             assert error_of(c.post("/generate", json=mistyped), 422, "validation")
+            # Through the package: chat is refused before any request, completion works.
+            c.delete("/__fixture__/requests")
+            with pytest.raises(ValueError, match="use TGI"):
+                ChatTGI(base_url=url, chat_completion_enabled=False).invoke("Hi")
+            assert c.get("/__fixture__/requests").json() == []
+            assert isinstance(TGI(base_url=url, max_new_tokens=2).invoke("Hi"), str)
             assert c.get("/__fixture__/violations").json() == []
     finally:
         peers.stop(proc)

@@ -38,3 +38,20 @@ def test_v1_assistant_with_only_a_tool_call_sends_no_content() -> None:
 def test_plain_assistant_text_is_unchanged() -> None:
     (msg,) = to_openai_messages([AIMessage("hello")])
     assert msg == {"role": "assistant", "content": "hello"}
+
+
+def test_counts_take_messages_in_any_form_invoke_takes() -> None:
+    from langchain_core.messages import SystemMessage
+
+    from langchain_multillm import ChatDeepSeek
+
+    llm = ChatDeepSeek(api_key="sk-test", base_url="http://127.0.0.1:9")
+    objects = [SystemMessage("Be brief."), HumanMessage("What is the capital of France?")]
+    tuples = [("system", "Be brief."), ("human", "What is the capital of France?")]
+    dicts = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is the capital of France?"},
+    ]
+    expected = llm.count_tokens(objects)
+    assert llm.count_tokens(tuples) == llm.count_tokens(dicts) == expected
+    assert llm.check_fit(tuples, max_tokens=32).prompt_tokens == expected

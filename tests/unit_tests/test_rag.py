@@ -73,7 +73,8 @@ def test_drop_mode_skips_what_does_not_fit_and_takes_a_later_smaller_document() 
     assert [s["content"] for s in out["sources"]] == [docs[0].page_content, docs[2].page_content]
 
 
-def test_history_gives_way_oldest_turn_first() -> None:
+@pytest.mark.parametrize("on_overflow", ["cut", "drop"])
+def test_history_gives_way_oldest_turn_first(on_overflow: str) -> None:
     history = []
     for i in range(6):
         history += [
@@ -82,15 +83,47 @@ def test_history_gives_way_oldest_turn_first() -> None:
         ]
     llm = EchoChat()
     chain = create_rag_chain(
-        llm, ListRetriever(documents=[doc(8)]), context_window=2400, answer_tokens=300
+        llm,
+        ListRetriever(documents=[doc(8)]),
+        context_window=2400,
+        answer_tokens=300,
+        on_overflow=on_overflow,
     )
     out = chain.invoke({"question": "q?", "chat_history": history})
     assert out["history_dropped"] > 0 and out["history_dropped"] % 2 == 0  # whole turns
     sent = llm.calls[0]
     kept = [m.text for m in sent[1:-1]]
     assert kept == [m.text for m in history[out["history_dropped"] :]]  # the newest turns stay
-    assert [s["id"] for s in out["sources"]] == [1] and out["cut"] == 0
-    assert out["fit"].fits
+    assert [s["id"] for s in out["sources"]] == [1] and out["fit"].fits
+    # "cut": turns go until the document's first sentence fits, and the document is cut;
+    # "drop": until the whole document fits.
+    assert out["cut"] == (1 if on_overflow == "cut" else 0)
+    one_more_turn = create_rag_chain(
+        EchoChat(),
+        ListRetriever(documents=[doc(8)]),
+        context_window=2400,
+        answer_tokens=300,
+        on_overflow=on_overflow,
+    ).invoke({"question": "q?", "chat_history": history[out["history_dropped"] - 2 :]})
+    assert one_more_turn["history_dropped"] == 2  # no turn was dropped that need not be
+
+
+@pytest.mark.parametrize("on_overflow", ["cut", "drop"])
+def test_history_stays_when_it_is_not_what_keeps_documents_out(on_overflow: str) -> None:
+    history = [HumanMessage("Earlier question?"), AIMessage("Earlier answer.")]
+    big = doc(200)  # far over the window: cut to a start, or dropped
+    out = create_rag_chain(
+        EchoChat(),
+        ListRetriever(documents=[big]),
+        context_window=2000,
+        answer_tokens=200,
+        on_overflow=on_overflow,
+    ).invoke({"question": "q?", "chat_history": history})
+    assert out["history_dropped"] == 0
+    if on_overflow == "cut":
+        assert out["cut"] == 1 and len(out["sources"]) == 1
+    else:
+        assert out["dropped"] == 1 and out["sources"] == []
 
 
 def test_window_too_small_for_the_question_is_a_context_window_error() -> None:
@@ -114,9 +147,10 @@ def test_empty_question_is_a_value_error_before_retrieval(question: object) -> N
     assert retriever.asked == 0
 
 
-def test_no_documents_the_answer_says_so_and_no_model_call() -> None:
+@pytest.mark.parametrize("documents", [[], [Document(""), Document(" \n")]])
+def test_no_documents_the_answer_says_so_and_no_model_call(documents: list[Document]) -> None:
     llm = EchoChat()
-    chain = create_rag_chain(llm, ListRetriever(documents=[Document(""), Document(" \n")]))
+    chain = create_rag_chain(llm, ListRetriever(documents=documents))
     out = chain.invoke({"question": "anything?"})
     assert out["answer"] == NO_DOCUMENTS and out["sources"] == []
     assert llm.calls == []

@@ -262,12 +262,29 @@ def test_too_many_stop_sequences_are_refused_before_sending() -> None:
     assert not fake.sent("/v1/chat/completions") and not fake.sent("/generate")
 
 
-def test_chat_completion_disabled_points_to_tgi() -> None:
+async def test_chat_completion_disabled_points_to_tgi_before_any_request() -> None:
+    # A base model's server answers /chat_tokenize with a template error: the refusal must
+    # come first, with nothing sent at all (the fit check would ask /info and /chat_tokenize).
     fake = FakeTGI()
     llm = make(ChatTGI, fake, chat_completion_enabled=False)
     with pytest.raises(ValueError, match="use TGI"):
         llm.invoke("Hello")
-    assert not fake.sent("/v1/chat/completions")
+    with pytest.raises(ValueError, match="use TGI"):
+        await llm.ainvoke("Hello")
+    with pytest.raises(ValueError, match="use TGI"):
+        list(llm.stream("Hello"))
+    assert fake.requests == []
+
+
+def test_completion_takes_prompt_templates_and_429_is_retried() -> None:
+    from langchain_core.prompts import PromptTemplate
+
+    fake = FakeTGI()
+    fake.fail = [(429, {"error": "Model is overloaded", "error_type": "overloaded"})]
+    chain = PromptTemplate.from_template("Say {word}.") | make(TGI, fake, max_retries=1)
+    assert isinstance(chain.invoke({"word": "hi"}), str)
+    sent = [body for path, body in fake.requests if path in ("/", "/generate")]
+    assert len(sent) == 2 and all(b["inputs"] == "Say hi." for b in sent)
 
 
 def test_limits_come_from_info_and_are_checked_before_sending() -> None:
