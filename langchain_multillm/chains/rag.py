@@ -4,7 +4,7 @@ The chain retrieves, then packs the documents best first into the prompt tokens 
 limits leave after the instructions, the history, the question and the answer budget, counted
 with the model's own tokenizer (a conservative estimate for chat models of other packages). A
 document that does not fit whole is cut at a sentence boundary or dropped; when the history
-crowds out even the best document, its oldest turns go first. The prompt never overflows.
+leaves no room for any document, its oldest turns go first. The prompt never overflows.
 """
 
 from __future__ import annotations
