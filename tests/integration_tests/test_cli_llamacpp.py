@@ -77,3 +77,20 @@ def test_rag_answers_with_sources(llama_cpp_available: str, tmp_path: Path) -> N
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.rstrip().endswith("[1] Llamas (llamas.md)")
+
+
+def test_make_demo_script_streams_then_numbers_its_sources(llama_cpp_available: str) -> None:
+    # What `make demo` runs (examples/demo.py), with the embedded model and the project's docs.
+    demo = Path(__file__).resolve().parents[2] / "examples" / "demo.py"
+    proc = subprocess.run(
+        [sys.executable, str(demo), "What does check_fit return?"],
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    answer = out.split("A: ", 1)[1].split("\n\nSources:", 1)[0]
+    assert answer.strip()  # the streamed answer came before the sources
+    sources = out.split("Sources:", 1)[1].split("\nfit:", 1)[0].strip().splitlines()
+    assert sources and sources[0].strip().startswith("[1] ")
+    assert "docs/" in out.split("Sources:", 1)[1] or ".md" in sources[0]
+    assert "fits" in out.split("fit:", 1)[1].splitlines()[0]
