@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: install peers demo test test-unit test-llamacpp test-vllm test-notebooks test-embeddings test-tgi test-deepseek test-azure test-gemini lint format bench docs record-tgi record-deepseek record-gemini record-azure clean
+.PHONY: install peers demo test test-unit test-llamacpp test-vllm test-vllm-engine bench-vllm test-notebooks test-embeddings test-tgi test-deepseek test-azure test-gemini lint format bench docs record-tgi record-deepseek record-gemini record-azure clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -72,10 +72,22 @@ test-gemini: install
 test-vllm: install peers
 	$(PYTEST) tests/integration_tests -m "vllm_server"
 
-test-notebooks: install peers
-	$(PYTEST) --nbmake --nbmake-timeout=600 notebooks
+# ChatVLLM / VLLM on the real vLLM engine in-process (CPU build), from the vLLM venv (which has
+# this package installed editable by `make peers`); one shared engine for the whole tier.
+VLLM_PY := .peers/vllm/bin/python
+test-vllm-engine: peers
+	$(VLLM_PY) -m pytest -p no:cacheprovider tests/integration_tests -m vllm_engine
 
-test: lint docs test-unit test-llamacpp test-embeddings test-tgi test-deepseek test-azure test-gemini test-vllm test-notebooks
+# notebooks/vllm.ipynb needs vLLM: it runs from the vLLM venv, the others from the main venv.
+test-notebooks: install peers
+	$(PYTEST) --nbmake --nbmake-timeout=600 notebooks --ignore=notebooks/vllm.ipynb
+	$(VLLM_PY) -m pytest -p no:cacheprovider --nbmake --nbmake-timeout=600 notebooks/vllm.ipynb
+
+test: lint docs test-unit test-llamacpp test-embeddings test-tgi test-deepseek test-azure test-gemini test-vllm test-vllm-engine test-notebooks
+
+# ChatVLLM.batch against raw vllm.LLM.chat and a naive one-call-per-input wrapper (vLLM venv).
+bench-vllm: peers
+	$(VLLM_PY) bench/vllm_batch.py
 
 bench: install
 	$(PIP) install -q --group bench

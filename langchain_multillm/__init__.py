@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from langchain_multillm.backends.gemini import ChatGemini
     from langchain_multillm.backends.llamacpp import ChatLlamaCpp, LlamaCpp
     from langchain_multillm.backends.tgi import TGI, ChatTGI
+    from langchain_multillm.backends.vllm import VLLM, ChatVLLM
     from langchain_multillm.backends.vllm_server import ChatVLLMServer, VLLMServer
     from langchain_multillm.chains import create_rag_chain, create_summarize_chain
     from langchain_multillm.errors import (
@@ -43,6 +44,8 @@ _LAZY: dict[str, str] = {
     "ChatLlamaCpp": "langchain_multillm.backends.llamacpp",
     "LlamaCpp": "langchain_multillm.backends.llamacpp",
     "ChatVLLMServer": "langchain_multillm.backends.vllm_server",
+    "ChatVLLM": "langchain_multillm.backends.vllm",
+    "VLLM": "langchain_multillm.backends.vllm",
     "ChatTGI": "langchain_multillm.backends.tgi",
     "ChatAzureOpenAI": "langchain_multillm.backends.azure",
     "ChatDeepSeek": "langchain_multillm.backends.deepseek",
@@ -77,6 +80,7 @@ _LAZY: dict[str, str] = {
 
 __all__ = [
     "TGI",
+    "VLLM",
     "AuthenticationError",
     "BackendError",
     "BackendTimeoutError",
@@ -87,6 +91,7 @@ __all__ = [
     "ChatGemini",
     "ChatLlamaCpp",
     "ChatTGI",
+    "ChatVLLM",
     "ChatVLLMServer",
     "ContentFilteredError",
     "ContextWindowExceededError",

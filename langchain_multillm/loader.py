@@ -12,6 +12,7 @@ __all__ = ["PROVIDERS", "load_chat_model"]
 # provider -> (module, class, the field the model part of the string goes to)
 PROVIDERS: dict[str, tuple[str, str, str]] = {
     "vllm-server": ("langchain_multillm.backends.vllm_server", "ChatVLLMServer", "model"),
+    "vllm": ("langchain_multillm.backends.vllm", "ChatVLLM", "model"),
     "llamacpp": ("langchain_multillm.backends.llamacpp", "ChatLlamaCpp", "model_path"),
     "tgi": ("langchain_multillm.backends.tgi", "ChatTGI", "model"),
     "deepseek": ("langchain_multillm.backends.deepseek", "ChatDeepSeek", "model"),

@@ -193,6 +193,30 @@ def deepseek_server_url(llama_cpp_available: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def vllm_engine_params() -> Iterator[dict]:
+    """Settings of the in-process vLLM tier (``ChatVLLM`` / ``VLLM`` on SmolLM2, window 2048).
+
+    Every test of the session that uses them shares one engine (the registry in
+    ``langchain_multillm.backends.vllm``); it is shut down when the session ends.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        peer_missing(
+            "vllm is not installed in this interpreter; run `make test-vllm-engine` "
+            "(.peers/vllm/bin/python, made by `make peers`)"
+        )
+    if not (peers.SMOLLM2_HF_DIR / ".converted").exists():
+        peer_missing("the SmolLM2 Hugging Face folder is missing; run `make peers`")
+    for key, value in peers.VLLM_ENGINE_ENV.items():
+        os.environ.setdefault(key, value)
+    yield peers.vllm_engine_params()
+    from langchain_multillm.backends.vllm import shutdown_engines
+
+    shutdown_engines()
+
+
+@pytest.fixture(scope="session")
 def gemini_server_url(llama_cpp_available: str) -> Iterator[str]:
     """The Gemini protocol fixture on 127.0.0.1 (the API root, as GEMINI_BASE_URL): answers as
     the Gemini API's v1beta does, generates with the bundled SmolLM2, validates all traffic with

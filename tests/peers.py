@@ -58,6 +58,32 @@ def vllm_available() -> bool:
     return VLLM_PYTHON.exists() and (SMOLLM2_HF_DIR / ".converted").exists()
 
 
+# The environment a vLLM engine needs on these machines (PEERS.md): KV cache of 1 GiB (NUMA node
+# 0 is small), no telemetry, offline; the in-process tier sets it before its engine starts.
+VLLM_ENGINE_ENV = {
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+    "HF_HUB_OFFLINE": "1",
+    "VLLM_CACHE_ROOT": str(PEERS_DIR / "cache"),
+}
+
+
+def vllm_engine_params() -> dict:
+    """ChatVLLM / VLLM settings of the in-process tier: SmolLM2, window 2048 (one shared engine)."""
+    return {
+        "model": str(SMOLLM2_HF_DIR),
+        "max_model_len": CONTEXT_WINDOW,
+        "dtype": "bfloat16",
+        "enforce_eager": True,
+        # Compact JSON in structured decoding: SmolLM2 otherwise pads tool-call JSON with
+        # newlines until max_tokens runs out.
+        "engine_kwargs": {
+            "structured_outputs_config": {"backend": "guidance", "disable_any_whitespace": True}
+        },
+    }
+
+
 def _popen(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)

