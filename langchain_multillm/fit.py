@@ -282,11 +282,14 @@ def chat_bound(prompt: Any, template: TemplateBound | None) -> int | None:
             return None
         role = ROLE_OF.get(m.type) or getattr(m, "role", m.type)
         pairs.append((role, "\n".join(text_of(m))))
-    tools_bytes = len(json.dumps(prompt.tools).encode("utf-8")) if prompt.tools else 0
     if template is not None and not prompt.tools:
         return template.bound(pairs)
     total = UNMEASURED_BASE + sum(UNMEASURED_PER_MESSAGE + len(t.encode("utf-8")) for _, t in pairs)
-    if tools_bytes:
+    measured = template.bound(pairs) if template is not None else None
+    if measured is not None:  # a template's own tokens may exceed the unmeasured allowance
+        total = max(total, measured)
+    if prompt.tools:
+        tools_bytes = len(json.dumps(prompt.tools).encode("utf-8"))
         total += UNMEASURED_TOOLS_BASE + UNMEASURED_TOOLS_FACTOR * tools_bytes
     return total
 

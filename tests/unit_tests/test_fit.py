@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
@@ -118,3 +120,15 @@ def test_chat_bound_without_template_is_generous() -> None:
     assert chat_bound(Prompt(text="abc"), None) == 5
     img = Prompt(messages=[HumanMessage([{"type": "image_url", "image_url": {"url": "data:,"}}])])
     assert chat_bound(img, None) is None
+
+
+def test_chat_bound_with_tools_keeps_a_large_measured_template() -> None:
+    # A template whose own tokens (2000: a long default system prompt) exceed the unmeasured
+    # allowance: with tools bound, the bound still covers them, plus the tools' allowance.
+    tb = TemplateBound(base=2000, per_role={"user": 2})
+    msgs = [HumanMessage("hi")]
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    without = chat_bound(Prompt(messages=msgs), tb)
+    with_tools = chat_bound(Prompt(messages=msgs, tools=tools), tb)
+    assert without is not None and with_tools is not None
+    assert with_tools > without + len(json.dumps(tools))
