@@ -29,10 +29,11 @@ the ``google-genai`` SDK (Gemini); :func:`from_vllm_error` for the in-process vL
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
@@ -420,6 +421,22 @@ def _content_filter_results(body: Any) -> dict[str, Any] | None:
     return {"prompt": dict(results)} if isinstance(results, Mapping) else {}
 
 
+@contextlib.contextmanager
+def mapped(translate: Callable[..., BaseException], backend: str | None) -> Iterator[None]:
+    """Translate what an SDK raises inside the block into the tree (``translate`` is one of
+    the ``from_*_error`` mappers; errors of this package pass through)::
+
+        with mapped(from_openai_error, "azure"):
+            raw = client.chat.completions.create(...)
+    """
+    try:
+        yield
+    except MultiLLMError:
+        raise
+    except Exception as exc:
+        raise translate(exc, backend=backend) from exc
+
+
 def from_openai_error(exc: BaseException, *, backend: str | None = None) -> MultiLLMError:
     """Translate an ``openai`` SDK exception (or a transport error under it) into the tree."""
     if isinstance(exc, MultiLLMError):
@@ -602,6 +619,12 @@ def from_vllm_error(exc: BaseException, *, backend: str | None = "vllm") -> Base
 
     if isinstance(exc, (MultiLLMError, InvalidInputError, asyncio.CancelledError)):
         return exc
+    if type(exc).__name__ == "EngineGenerateError" and exc.__cause__ is not None:
+        # vLLM wraps what failed in add_request (a ValueError for an over-long prompt, ...)
+        # in an EngineGenerateError without a message: the cause says what it was.
+        inner = from_vllm_error(exc.__cause__, backend=backend)
+        if type(inner) is not BackendError:
+            return inner
     text = str(exc)
     table = vllm_errors() if importlib.util.find_spec("vllm") is not None else {}
     for klass in type(exc).__mro__:

@@ -47,9 +47,9 @@ from langchain_multillm.errors import (
     AuthenticationError,
     ContentFilteredError,
     InvalidInputError,
-    MultiLLMError,
     PermissionDeniedError,
     from_openai_error,
+    mapped,
 )
 from langchain_multillm.fit import Limits
 from langchain_multillm.health import HealthReport, describe, down
@@ -402,6 +402,17 @@ class ChatAzureOpenAI(OpenAIToolsMixin):
         return self._async
 
     # ---- requests ----
+    def _check_offline(self, req: ChatRequest) -> None:
+        """The o-series take no sampling knobs: Azure answers 400; refused before sending."""
+        family = self._family
+        if family is None or not family.reasoning:
+            return
+        for name in ("temperature", "top_p", "stop", "presence_penalty", "frequency_penalty"):
+            if req.params.get(name) is not None:
+                raise InvalidInputError(
+                    name, f"{self.model_name} (a reasoning model) takes no {name}; leave it unset"
+                )
+
     def _body(self, req: ChatRequest) -> dict[str, Any]:
         """Arguments of ``chat.completions.create``: the deployment as ``model`` (the SDK puts
         it in the path), and no ``stream_options`` (not in API version 2024-10-21)."""
@@ -425,44 +436,28 @@ class ChatAzureOpenAI(OpenAIToolsMixin):
         return result
 
     def _chat(self, req: ChatRequest) -> ChatResult:
-        try:
+        with mapped(from_openai_error, BACKEND):
             raw = self._client.chat.completions.create(**self._body(req))
-        except MultiLLMError:
-            raise
-        except Exception as exc:
-            raise from_openai_error(exc, backend=BACKEND) from exc
         return self._result(raw)
 
     async def _achat(self, req: ChatRequest) -> ChatResult:
-        try:
+        with mapped(from_openai_error, BACKEND):
             raw = await self._aclient.chat.completions.create(**self._body(req))
-        except MultiLLMError:
-            raise
-        except Exception as exc:
-            raise from_openai_error(exc, backend=BACKEND) from exc
         return self._result(raw)
 
     def _events(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        try:
+        with mapped(from_openai_error, BACKEND):
             stream = self._client.chat.completions.create(**body)
             with stream:
                 for chunk in stream:
                     yield _dump(chunk)
-        except MultiLLMError:
-            raise
-        except Exception as exc:
-            raise from_openai_error(exc, backend=BACKEND) from exc
 
     async def _aevents(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        try:
+        with mapped(from_openai_error, BACKEND):
             stream = await self._aclient.chat.completions.create(**body)
             async with stream:
                 async for chunk in stream:
                     yield _dump(chunk)
-        except MultiLLMError:
-            raise
-        except Exception as exc:
-            raise from_openai_error(exc, backend=BACKEND) from exc
 
     def _stream_state(self, req: ChatRequest) -> _AzureStream:
         return _AzureStream(
@@ -479,7 +474,8 @@ class ChatAzureOpenAI(OpenAIToolsMixin):
     def _usage_fallback(self, req: ChatRequest) -> Callable[[str], UsageMetadata | None] | None:
         """API version 2024-10-21 sends no usage in streams: count it exactly, where we can."""
         family = self._family
-        if not self.stream_usage or family is None:
+        # The o-series bill hidden reasoning tokens the visible text does not show: no count.
+        if not self.stream_usage or family is None or family.reasoning:
             return None
         messages = to_openai_messages(req.messages)
         n, exact = count_chat_tokens(messages, family.encoding, req.tools)

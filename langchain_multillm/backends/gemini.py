@@ -60,6 +60,7 @@ from langchain_multillm.errors import (
     MultiLLMError,
     PermissionDeniedError,
     from_genai_error,
+    mapped,
 )
 from langchain_multillm.fit import Limits, chat_bound
 from langchain_multillm.health import HealthReport, describe, down
@@ -623,27 +624,19 @@ class ChatGemini(OpenAIToolsMixin):
     def _chat(self, req: ChatRequest) -> ChatResult:
         contents, config = self._config(req)
         model = self._model(req)
-        try:
+        with mapped(from_genai_error, BACKEND):
             raw = self._client.models.generate_content(
                 model=model, contents=contents, config=config
             )
-        except MultiLLMError:
-            raise
-        except Exception as exc:
-            raise from_genai_error(exc, backend=BACKEND) from exc
         return self._result(raw, model)
 
     async def _achat(self, req: ChatRequest) -> ChatResult:
         contents, config = self._config(req)
         model = self._model(req)
-        try:
+        with mapped(from_genai_error, BACKEND):
             raw = await self._client.aio.models.generate_content(
                 model=model, contents=contents, config=config
             )
-        except MultiLLMError:
-            raise
-        except Exception as exc:
-            raise from_genai_error(exc, backend=BACKEND) from exc
         return self._result(raw, model)
 
     def _chunk(self, answer: _Answer, raw: Any) -> ChatGenerationChunk | None:
@@ -673,7 +666,7 @@ class ChatGemini(OpenAIToolsMixin):
             message=AIMessageChunk(
                 content="",
                 additional_kwargs=extra,
-                usage_metadata=answer.usage,
+                usage_metadata=answer.usage if self.stream_usage else None,
                 response_metadata=answer.metadata(),
                 id=answer.response_id,
                 chunk_position="last",
@@ -685,24 +678,20 @@ class ChatGemini(OpenAIToolsMixin):
         contents, config = self._config(req)
         model = self._model(req)
         answer = _Answer(model)
-        try:
+        with mapped(from_genai_error, BACKEND):
             for raw in self._client.models.generate_content_stream(
                 model=model, contents=contents, config=config
             ):
                 chunk = self._chunk(answer, raw)
                 if chunk is not None:
                     yield chunk
-        except MultiLLMError:
-            raise
-        except Exception as exc:
-            raise from_genai_error(exc, backend=BACKEND) from exc
         yield self._last(answer)
 
     async def _achat_stream(self, req: ChatRequest) -> AsyncIterator[ChatGenerationChunk]:
         contents, config = self._config(req)
         model = self._model(req)
         answer = _Answer(model)
-        try:
+        with mapped(from_genai_error, BACKEND):
             stream = await self._client.aio.models.generate_content_stream(
                 model=model, contents=contents, config=config
             )
@@ -710,10 +699,6 @@ class ChatGemini(OpenAIToolsMixin):
                 chunk = self._chunk(answer, raw)
                 if chunk is not None:
                     yield chunk
-        except MultiLLMError:
-            raise
-        except Exception as exc:
-            raise from_genai_error(exc, backend=BACKEND) from exc
         yield self._last(answer)
 
     # ---- limits and counts ----
@@ -725,17 +710,13 @@ class ChatGemini(OpenAIToolsMixin):
 
     def _get_model(self, timeout: float | None = None) -> Any:
         config = {"http_options": {"timeout": int(timeout * 1000)}} if timeout else None
-        try:
+        with mapped(from_genai_error, BACKEND):
             return self._client.models.get(model=self.model_name, config=config)
-        except Exception as exc:
-            raise from_genai_error(exc, backend=BACKEND) from exc
 
     async def _aget_model(self, timeout: float | None = None) -> Any:
         config = {"http_options": {"timeout": int(timeout * 1000)}} if timeout else None
-        try:
+        with mapped(from_genai_error, BACKEND):
             return await self._client.aio.models.get(model=self.model_name, config=config)
-        except Exception as exc:
-            raise from_genai_error(exc, backend=BACKEND) from exc
 
     def _fetch_limits(self) -> Limits:
         return self._limits_of(self._get_model())
@@ -782,19 +763,15 @@ class ChatGemini(OpenAIToolsMixin):
         kwargs = self._count_args(prompt)
         if kwargs is None:
             return None
-        try:
+        with mapped(from_genai_error, BACKEND):
             return int(self._client.models.count_tokens(**kwargs).total_tokens)
-        except Exception as exc:
-            raise from_genai_error(exc, backend=BACKEND) from exc
 
     async def _acount_exact(self, prompt: Prompt) -> int | None:
         kwargs = self._count_args(prompt)
         if kwargs is None:
             return None
-        try:
+        with mapped(from_genai_error, BACKEND):
             return int((await self._client.aio.models.count_tokens(**kwargs)).total_tokens)
-        except Exception as exc:
-            raise from_genai_error(exc, backend=BACKEND) from exc
 
     def _count_bound(self, prompt: Prompt) -> int | None:
         if prompt.messages is not None:

@@ -17,6 +17,7 @@ from langchain_multillm import (
     ChatAzureOpenAI,
     ContentFilteredError,
     ContextWindowExceededError,
+    InvalidInputError,
     ModelNotFoundError,
     RateLimitError,
 )
@@ -188,6 +189,15 @@ def test_reasoning_models_get_max_completion_tokens() -> None:
     make(fake, model="o3-mini", max_tokens=7).invoke("hi")
     body = json.loads(fake.requests[-1].content)
     assert body["max_completion_tokens"] == 7 and "max_tokens" not in body
+
+
+@pytest.mark.parametrize("knob", [{"temperature": 0.5}, {"top_p": 0.9}, {"stop": ["x"]}])
+def test_reasoning_models_refuse_sampling_knobs_before_sending(knob: dict) -> None:
+    fake = Fake()
+    llm = make(fake, model="o3-mini")
+    with pytest.raises(InvalidInputError) as info:
+        llm.invoke("hi", **knob)
+    assert info.value.field == next(iter(knob)) and fake.requests == []
 
 
 # ------------------------------------------------------------------ errors

@@ -268,6 +268,12 @@ def test_stream_matches_invoke_sync_and_async() -> None:
     assert text == content == "Paris." and u1 == u2
 
 
+def test_stream_usage_off_leaves_usage_out_of_streams_only() -> None:
+    llm = make(FakeGemini(), stream_usage=False)
+    assert all(c.usage_metadata is None for c in llm.stream("Capital of France?"))
+    assert llm.invoke("Capital of France?").usage_metadata is not None
+
+
 def test_tools_tool_choice_and_calls_round_trip() -> None:
     call = {
         "candidates": [
