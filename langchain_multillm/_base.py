@@ -742,7 +742,13 @@ class MultiLLMCompletionModel(ModelSurface, _Sampling, BaseLLM):
         kwargs = dict(kwargs)
         policy = self._policy(kwargs)
         params = merge_params(self._default_params(), kwargs, stop)
-        return CompletionRequest(prompt=prompt, params=params, fit=UNCHECKED, stream=stream), policy
+        req = CompletionRequest(prompt=prompt, params=params, fit=UNCHECKED, stream=stream)
+        self._check_offline(req)
+        return req, policy
+
+    def _check_offline(self, req: CompletionRequest) -> None:
+        """Hook: refuse a request this backend can never serve, before any network call
+        (the fit check may already ask the server). Raise :class:`InvalidInputError`."""
 
     def _prepare(
         self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any], *, stream: bool
@@ -769,7 +775,7 @@ class MultiLLMCompletionModel(ModelSurface, _Sampling, BaseLLM):
         for prompt in prompts:
             if self.streaming:
                 chunks = list(self._stream(prompt, stop, run_manager, **kwargs))
-                gens.append([_join(chunks)])
+                gens.append([join_chunks(chunks)])
                 continue
             req = self._prepare(prompt, stop, kwargs, stream=False)
             gens.append([call(self.max_retries, self._complete, req)])
@@ -784,7 +790,9 @@ class MultiLLMCompletionModel(ModelSurface, _Sampling, BaseLLM):
     ) -> LLMResult:
         async def one(prompt: str) -> Generation:
             if self.streaming:
-                return _join([c async for c in self._astream(prompt, stop, run_manager, **kwargs)])
+                return join_chunks(
+                    [c async for c in self._astream(prompt, stop, run_manager, **kwargs)]
+                )
             req = await self._aprepare(prompt, stop, kwargs, stream=False)
             return await acall(self.max_retries, self._acomplete, req)
 
@@ -819,9 +827,10 @@ class MultiLLMCompletionModel(ModelSurface, _Sampling, BaseLLM):
             yield chunk
 
 
-def _join(chunks: list[GenerationChunk]) -> Generation:
+def join_chunks(chunks: list[GenerationChunk], *, backend: str | None = None) -> Generation:
+    """A completion's streamed chunks as one generation (none at all is an error)."""
     if not chunks:
-        raise IncompleteResponseError("the stream ended before any output")
+        raise IncompleteResponseError("the stream ended before any output", backend=backend)
     total = chunks[0]
     for c in chunks[1:]:
         total = total + c

@@ -27,6 +27,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextlib
+import contextvars
 import dataclasses
 import importlib.util
 import json
@@ -56,10 +57,14 @@ from langchain_multillm._base import (
     ModelSurface,
     MultiLLMCompletionModel,
     Prompt,
+    join_chunks,
 )
 from langchain_multillm._openai import ChatStream, OpenAIToolsMixin, to_openai_messages
 from langchain_multillm.errors import (
+    BackendError,
     BackendUnavailableError,
+    BadRequestError,
+    ContextWindowExceededError,
     IncompleteResponseError,
     InvalidInputError,
     from_vllm_error,
@@ -96,6 +101,13 @@ _CHAT_ONLY = {"response_format", "tool_choice", "parallel_tool_calls"}
 # Handled by the call itself: structured_outputs (a dict of vLLM's StructuredOutputsParams:
 # json, regex, choice, grammar, ...) becomes the request's structured decoding.
 _LOCAL_KEYS = {"model", "ls_structured_output_format", "structured_outputs"}
+
+
+def sampling_fields() -> frozenset[str]:
+    """The fields the installed vLLM's ``SamplingParams`` takes (no engine needed)."""
+    from vllm import SamplingParams
+
+    return frozenset(f for f in SamplingParams.__struct_fields__ if not f.startswith("_"))
 
 
 def _require_vllm() -> None:
@@ -174,17 +186,18 @@ class EngineHandle:
             raise
         except Exception as exc:
             self.stop_loop()
-            raise BackendUnavailableError(
-                f"could not start the vLLM engine for {self.engine_args.get('model')!r}: "
-                f"{type(exc).__name__}: {exc}",
-                backend=BACKEND,
-            ) from exc
+            err = from_vllm_error(exc)
+            if not isinstance(err, (BadRequestError, ContextWindowExceededError)):
+                err = BackendUnavailableError(
+                    f"could not start the vLLM engine for {self.engine_args.get('model')!r}: "
+                    f"{type(exc).__name__}: {exc}",
+                    backend=BACKEND,
+                )
+            # Loading takes minutes and fails the same way again: never retried.
+            err.is_retryable = False
+            raise err from exc
         self.load_s = time.perf_counter() - started
-        from vllm import SamplingParams
-
-        self.sampling_fields = frozenset(
-            f for f in SamplingParams.__struct_fields__ if not f.startswith("_")
-        )
+        self.sampling_fields = sampling_fields()
         self.max_model_len = int(self.llm.model_config.max_model_len)
         try:
             self.default_sampling = dict(self.llm.model_config.get_diff_sampling_param() or {})
@@ -433,6 +446,9 @@ class EngineHandle:
 
 _ENGINES: dict[tuple[Any, ...], EngineHandle] = {}
 _ENGINES_LOCK = threading.Lock()
+# Engines being started, by key: others asking for the same key wait for the one start; the
+# registry's lock is not held while a model loads (minutes).
+_STARTING: dict[tuple[Any, ...], threading.Event] = {}
 
 
 def _drop(handle: EngineHandle) -> None:
@@ -444,21 +460,37 @@ def _drop(handle: EngineHandle) -> None:
 def get_engine(key: tuple[Any, ...], engine_args: dict[str, Any]) -> EngineHandle:
     """The shared engine for ``key``, started on first use (a dead one is replaced), with one
     more holder counted: give it back with :meth:`EngineHandle.release`."""
-    with _ENGINES_LOCK:
-        handle = _ENGINES.get(key)
-        if handle is not None and not handle.dead:
-            handle.acquire()
-            return handle
-        if handle is not None:  # died underneath: clean up, then start a fresh one
-            handle.shutdown()
+    while True:
+        dead: EngineHandle | None = None
+        with _ENGINES_LOCK:
+            handle = _ENGINES.get(key)
+            if handle is not None and not handle.dead:
+                handle.acquire()
+                return handle
+            if handle is not None:  # died underneath: clean up, then start a fresh one
+                dead = _ENGINES.pop(key)
+            starting = _STARTING.get(key)
+            mine = starting is None
+            if mine:
+                starting = _STARTING[key] = threading.Event()
+        if dead is not None:
+            dead.shutdown()
+        assert starting is not None
+        if not mine:
+            starting.wait()  # the one start of this key ended (either way): look again
+            continue
         handle = EngineHandle(key, engine_args)
         try:
             handle.start()
         except BaseException:
             handle.shutdown()
+            with _ENGINES_LOCK:
+                _STARTING.pop(key).set()
             raise
-        _ENGINES[key] = handle
-        handle.acquire()
+        with _ENGINES_LOCK:
+            _ENGINES[key] = handle
+            handle.acquire()
+            _STARTING.pop(key).set()
         return handle
 
 
@@ -526,8 +558,8 @@ class _VLLMEngineModel(ModelSurface):
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Other ``vllm.AsyncEngineArgs`` arguments (e.g. ``{"seed": 0, "max_num_seqs": 64}``)."""
 
-    top_k: int | None = None
-    """Sample from the k most likely tokens (0 or None: all)."""
+    top_k: int | None = Field(default=None, ge=-1)
+    """Sample from the k most likely tokens (-1, 0 or None: all)."""
 
     min_p: float | None = Field(default=None, ge=0, le=1)
     """Drop tokens below this fraction of the top token's probability."""
@@ -546,6 +578,7 @@ class _VLLMEngineModel(ModelSurface):
 
     _backend: ClassVar[str] = BACKEND
     _lease: _Lease | None = PrivateAttr(default=None)
+    _lease_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     @model_validator(mode="after")
     def _check_engine_settings(self) -> _VLLMEngineModel:
@@ -599,9 +632,11 @@ class _VLLMEngineModel(ModelSurface):
         """
         lease = self._lease
         if lease is None or lease.released:
-            handle = get_engine(self._engine_key(), self._engine_args())
-            lease = _Lease(handle)
-            self._lease = lease
+            with self._lease_lock:  # one lease per instance, however many threads ask at once
+                lease = self._lease
+                if lease is None or lease.released:
+                    lease = _Lease(get_engine(self._engine_key(), self._engine_args()))
+                    self._lease = lease
         return lease.handle
 
     def load(self) -> Any:
@@ -625,6 +660,16 @@ class _VLLMEngineModel(ModelSurface):
             return lease.handle
         with _ENGINES_LOCK:
             return _ENGINES.get(self._engine_key())
+
+    # ---- one request ----
+    def _plan(self, req: Any) -> Any:
+        """The engine and ``SamplingParams`` of a request (what else a class needs with them)."""
+        raise NotImplementedError
+
+    async def _aplan(self, req: Any) -> Any:
+        if self._started_engine() is None:  # starting the engine blocks: not on this loop
+            return await asyncio.to_thread(self._plan, req)
+        return self._plan(req)
 
     # ---- limits, counting ----
     def _fetch_limits(self) -> Limits:
@@ -679,12 +724,12 @@ class _VLLMEngineModel(ModelSurface):
         if eng.dead:
             return down(started, model, "the vLLM engine is shut down or dead")
         fut: concurrent.futures.Future[Any] | None = None
+        deadline = started + self.health_timeout  # both probes together, within the timeout
         try:
             fut = eng._submit(eng.llm.check_health())
-            fut.result(timeout=self.health_timeout)
-            rendered = eng._submit(eng.render_text("ok", limit=False)).result(
-                timeout=self.health_timeout
-            )
+            fut.result(timeout=max(deadline - time.perf_counter(), 0))
+            fut = eng._submit(eng.render_text("ok", limit=False))
+            rendered = fut.result(timeout=max(deadline - time.perf_counter(), 0))
             ready = len(rendered["prompt_token_ids"]) > 0
         except concurrent.futures.TimeoutError:
             if fut is not None:
@@ -719,8 +764,23 @@ class _VLLMEngineModel(ModelSurface):
             "repetition_penalty": self.repetition_penalty,
             "seed": self.seed,
         }
-        allowed = eng.sampling_fields - _INTERNAL_FIELDS
         out: dict[str, Any] = {k: v for k, v in instance.items() if v is not None}
+        out.update(self._sampling_keys(params, chat=chat, fields=eng.sampling_fields))
+        out.setdefault("max_tokens", None)  # vLLM's default is 16; None: up to the room left
+        merged = {**eng.default_sampling, **out}
+        try:
+            return SamplingParams(**merged, **internal)
+        except Exception as exc:
+            field = getattr(exc, "parameter", None) or _field_in(str(exc), merged) or "sampling"
+            raise InvalidInputError(field, str(exc)) from exc
+
+    @staticmethod
+    def _sampling_keys(
+        params: dict[str, Any], *, chat: bool, fields: frozenset[str]
+    ) -> dict[str, Any]:
+        """The call's keys as SamplingParams fields; keys it does not take are refused."""
+        allowed = fields - _INTERNAL_FIELDS
+        out: dict[str, Any] = {}
         unknown: list[str] = []
         for key, value in params.items():
             if key in _LOCAL_KEYS or key.startswith("ls_") or (chat and key in _CHAT_ONLY):
@@ -741,13 +801,21 @@ class _VLLMEngineModel(ModelSurface):
                 "not accepted by the installed vLLM's SamplingParams; allowed: "
                 f"{sorted(listed | (_CHAT_ONLY if chat else set()))}",
             )
-        out.setdefault("max_tokens", None)  # vLLM's default is 16; None: up to the room left
-        merged = {**eng.default_sampling, **out}
-        try:
-            return SamplingParams(**merged, **internal)
-        except Exception as exc:
-            field = getattr(exc, "parameter", None) or _field_in(str(exc), merged) or "sampling"
-            raise InvalidInputError(field, str(exc)) from exc
+        return out
+
+    def _check_call(
+        self, params: dict[str, Any], tools: list[dict[str, Any]] | None, *, chat: bool
+    ) -> None:
+        """Per-call input this engine could never take, refused before the fit check (which
+        starts the engine: minutes) and before any request."""
+        _require_vllm()
+        self._check_model(params)
+        self._sampling_keys(params, chat=chat, fields=sampling_fields())
+        if params.get("structured_outputs") is not None:
+            _structured(params["structured_outputs"])
+        if chat:
+            _tool_plan(params, tools)
+            _response_format(params.get("response_format"))
 
     def _check_model(self, params: dict[str, Any]) -> None:
         asked = params.get("model")
@@ -787,6 +855,16 @@ def _internal(params: dict[str, Any], stream: bool) -> dict[str, Any]:
     if params.get("structured_outputs") is not None:
         out["structured_outputs"] = _structured(params["structured_outputs"])
     return out
+
+
+def _check_finish(finish: str, partial: str) -> None:
+    """A request the engine ended without an answer is an error, never a short answer."""
+    if finish == "abort":
+        raise IncompleteResponseError(
+            "the engine aborted the request", partial_text=partial, backend=BACKEND
+        )
+    if finish == "error":  # vLLM's request-level internal error (it says: retryable)
+        raise BackendError("the engine failed on this request", backend=BACKEND)
 
 
 def _usage(prompt_tokens: int, output_tokens: int) -> dict[str, int]:
@@ -847,6 +925,56 @@ class _ToolPlan:
         }
 
 
+class _ParsedTools:
+    """Unforced tool calls (``tool_choice`` "auto") read out of the answer by one of vLLM's tool
+    parsers, the ones its OpenAI server takes as ``--tool-call-parser`` (hermes, llama3_json,
+    mistral, ...). The answer is held until it is complete, then parsed once."""
+
+    def __init__(
+        self, name: str, tokenizer: Any, model: str, messages: list[dict[str, Any]], tools: Any
+    ) -> None:
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+        parser_cls = self.parser_class(name)
+        request = ChatCompletionRequest(
+            model=model, messages=messages, tools=tools, tool_choice="auto"
+        )
+        self.parser = parser_cls(tokenizer, request.tools)
+        self.request = self.parser.adjust_request(request)
+        # Some models' tool-call tags are special tokens: the parser says whether to keep them.
+        self.skip_special_tokens = bool(getattr(self.request, "skip_special_tokens", True))
+
+    @staticmethod
+    def parser_class(name: str) -> Any:
+        """vLLM's tool parser called ``name``; an unknown name is refused, listing vLLM's."""
+        from vllm.tool_parsers import ToolParserManager
+
+        try:
+            return ToolParserManager.get_tool_parser(name)
+        except KeyError:
+            known = sorted({*ToolParserManager.tool_parsers, *ToolParserManager.lazy_parsers})
+            raise InvalidInputError(
+                "tool_call_parser",
+                f"the installed vLLM has no tool parser {name!r}; it has {known}",
+            ) from None
+
+    def read(self, text: str) -> tuple[str, list[dict[str, Any]]]:
+        """(content, OpenAI tool calls) of a finished answer."""
+        info = self.parser.extract_tool_calls(text, self.request)
+        if not info.tools_called or not info.tool_calls:
+            return text, []
+        calls = [
+            {
+                "index": i,
+                "id": getattr(tc, "id", None) or f"call_{uuid.uuid4().hex[:24]}",
+                "type": "function",
+                "function": {"name": tc.function.name, "arguments": tc.function.arguments},
+            }
+            for i, tc in enumerate(info.tool_calls)
+        ]
+        return info.content or "", calls
+
+
 def _tool_plan(params: dict[str, Any], tools: list[dict[str, Any]] | None) -> _ToolPlan | None:
     choice = params.get("tool_choice")
     if not tools or choice in (None, "auto", "none"):
@@ -863,6 +991,9 @@ def _tool_plan(params: dict[str, Any], tools: list[dict[str, Any]] | None) -> _T
     raise InvalidInputError(
         "tool_choice", f"must be auto, none, required or a tool; got {choice!r}"
     )
+
+
+_Plan = _ToolPlan | _ParsedTools | None
 
 
 def _response_format(rf: Any) -> dict[str, Any] | None:
@@ -898,11 +1029,16 @@ class ChatVLLM(_VLLMEngineModel, OpenAIToolsMixin):
     Structured output (``with_structured_output``, json_schema or json_mode) and forced tool
     calls (``tool_choice`` a tool's name, or "required") use vLLM's structured decoding over
     the schema, so the answer always parses. Unforced tool calls (``tool_choice="auto"``) are
-    not parsed from the text: the answer comes back as text.
+    read out of the answer by ``tool_call_parser`` (one of vLLM's tool parsers) when it is
+    set; without one the answer comes back as text.
     """
 
     chat_template: str | None = None
     """A Jinja chat template to use instead of the model's (None: the model's own)."""
+
+    tool_call_parser: str | None = None
+    """vLLM's tool parser for unforced calls, as its server's ``--tool-call-parser`` (e.g.
+    ``hermes`` for Qwen2.5 and Hermes models, ``llama3_json``, ``mistral``); None: none."""
 
     _backend = BACKEND
 
@@ -911,23 +1047,33 @@ class ChatVLLM(_VLLMEngineModel, OpenAIToolsMixin):
         return "vllm-chat"
 
     # ---- one request ----
-    def _plan(self, req: ChatRequest) -> tuple[EngineHandle, Any, _ToolPlan | None]:
+    def _plan(self, req: ChatRequest) -> tuple[EngineHandle, Any, _Plan]:
         self._check_model(req.params)
-        plan = _tool_plan(req.params, req.tools)
+        forced = _tool_plan(req.params, req.tools)
+        plan: _Plan = forced
         rf = _response_format(req.params.get("response_format"))
         eng = self.engine
         eng.check_alive()
         internal = _internal(req.params, req.stream)
-        if plan is not None:
-            internal["structured_outputs"] = _structured({"json": plan.schema})
+        if forced is not None:
+            internal["structured_outputs"] = _structured({"json": forced.schema})
         elif rf is not None:
             internal["structured_outputs"] = _structured(rf)
+        elif self.tool_call_parser and req.tools and req.params.get("tool_choice") != "none":
+            plan = _ParsedTools(
+                self.tool_call_parser,
+                eng.llm.tokenizer,
+                self.model_name,
+                to_openai_messages(req.messages),
+                req.tools,
+            )
+            internal["skip_special_tokens"] = plan.skip_special_tokens
         return eng, self._sampling(eng, req.params, chat=True, **internal), plan
 
-    async def _aplan(self, req: ChatRequest) -> tuple[EngineHandle, Any, _ToolPlan | None]:
-        if self._started_engine() is None:  # starting the engine blocks: not on this loop
-            return await asyncio.to_thread(self._plan, req)
-        return self._plan(req)
+    def _check_offline(self, req: ChatRequest) -> None:
+        self._check_call(req.params, req.tools, chat=True)
+        if self.tool_call_parser and req.tools:
+            _ParsedTools.parser_class(self.tool_call_parser)
 
     def _outputs(self, eng: EngineHandle, req: ChatRequest, sampling: Any) -> Any:
         messages = to_openai_messages(req.messages)
@@ -936,7 +1082,7 @@ class ChatVLLM(_VLLMEngineModel, OpenAIToolsMixin):
             sampling,
         )
 
-    def _chunks(self, outputs: Iterator[Any], plan: _ToolPlan | None) -> Iterator[dict[str, Any]]:
+    def _chunks(self, outputs: Iterator[Any], plan: _Plan) -> Iterator[dict[str, Any]]:
         """vLLM's delta outputs as OpenAI stream chunks (usage from the engine's token ids)."""
         generated = 0
         held: list[str] = []
@@ -949,7 +1095,7 @@ class ChatVLLM(_VLLMEngineModel, OpenAIToolsMixin):
                 yield from self._last(out, plan, held, finish, generated)
 
     async def _achunks(
-        self, outputs: AsyncIterator[Any], plan: _ToolPlan | None
+        self, outputs: AsyncIterator[Any], plan: _Plan
     ) -> AsyncIterator[dict[str, Any]]:
         generated = 0
         held: list[str] = []
@@ -964,27 +1110,29 @@ class ChatVLLM(_VLLMEngineModel, OpenAIToolsMixin):
                     yield chunk
 
     @staticmethod
-    def _one(
-        out: Any, plan: _ToolPlan | None, held: list[str], generated: int
-    ) -> Iterator[dict[str, Any]]:
+    def _one(out: Any, plan: _Plan, held: list[str], generated: int) -> Iterator[dict[str, Any]]:
         text = out.outputs[0].text if out.outputs else ""
         if not text:
             return
-        if plan is not None:  # a forced call: hold the JSON until it is complete
+        if plan is not None:  # a call: hold the answer until it is complete
             held.append(text)
             return
         yield {"choices": [{"index": 0, "delta": {"content": text}}]}
 
     @staticmethod
     def _last(
-        out: Any, plan: _ToolPlan | None, held: list[str], finish: str, generated: int
+        out: Any, plan: _Plan, held: list[str], finish: str, generated: int
     ) -> Iterator[dict[str, Any]]:
-        if finish == "abort":
-            raise IncompleteResponseError(
-                "the engine aborted the request", partial_text="".join(held), backend=BACKEND
-            )
+        _check_finish(finish, "".join(held))
         usage = _usage(len(out.prompt_token_ids or []), generated)
-        if plan is not None:
+        if isinstance(plan, _ParsedTools):
+            content, calls = plan.read("".join(held))
+            if content:
+                yield {"choices": [{"index": 0, "delta": {"content": content}}]}
+            if calls:
+                yield {"choices": [{"index": 0, "delta": {"tool_calls": calls}}]}
+                finish = "tool_calls"
+        elif plan is not None:
             call = plan.call("".join(held)) if finish == "stop" else None
             if call is None:  # cut short (length): pass the text on, nothing looks like a call
                 yield {"choices": [{"index": 0, "delta": {"content": "".join(held)}}]}
@@ -1018,7 +1166,7 @@ class ChatVLLM(_VLLMEngineModel, OpenAIToolsMixin):
             async for chunk in self._state().arun(chunks):
                 yield chunk
         finally:
-            await outputs.aclose()  # type: ignore[attr-defined]
+            await outputs.aclose()
 
     def _chat(self, req: ChatRequest) -> ChatResult:
         from langchain_core.language_models.chat_models import generate_from_stream
@@ -1070,8 +1218,11 @@ def _run_async(coro: Awaitable[Any]) -> Any:
     async def main() -> Any:
         return await coro
 
+    # The caller's context (LangChain's tracing and parent run live in context variables)
+    # goes with it to the thread.
+    ctx = contextvars.copy_context()
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vllm-batch") as pool:
-        return pool.submit(asyncio.run, main()).result()
+        return pool.submit(ctx.run, asyncio.run, main()).result()
 
 
 # ------------------------------------------------------------------ completion
@@ -1097,10 +1248,8 @@ class VLLM(_VLLMEngineModel, MultiLLMCompletionModel):
         internal = _internal(req.params, req.stream)
         return eng, self._sampling(eng, req.params, chat=False, **internal)
 
-    async def _aplan(self, req: CompletionRequest) -> tuple[EngineHandle, Any]:
-        if self._started_engine() is None:  # starting the engine blocks: not on this loop
-            return await asyncio.to_thread(self._plan, req)
-        return self._plan(req)
+    def _check_offline(self, req: CompletionRequest) -> None:
+        self._check_call(req.params, None, chat=False)
 
     def _outputs(self, eng: EngineHandle, req: CompletionRequest, sampling: Any) -> Any:
         return lambda: eng.generate(lambda: eng.render_text(req.prompt, limit=True), sampling)
@@ -1111,8 +1260,7 @@ class VLLM(_VLLMEngineModel, MultiLLMCompletionModel):
         if not out.finished:
             return GenerationChunk(text=text) if text else None
         finish = (c.finish_reason if c is not None else None) or "stop"
-        if finish == "abort":
-            raise IncompleteResponseError("the engine aborted the request", backend=BACKEND)
+        _check_finish(finish, "")
         info = {
             "finish_reason": finish,
             "model_name": self.model_name,
@@ -1144,22 +1292,13 @@ class VLLM(_VLLMEngineModel, MultiLLMCompletionModel):
                 if chunk is not None:
                     yield chunk
         finally:
-            await outputs.aclose()  # type: ignore[attr-defined]
-
-    @staticmethod
-    def _join(chunks: list[GenerationChunk]) -> Generation:
-        if not chunks:
-            raise IncompleteResponseError("the engine returned no output", backend=BACKEND)
-        total = chunks[0]
-        for c in chunks[1:]:
-            total = total + c
-        return Generation(text=total.text, generation_info=total.generation_info)
+            await outputs.aclose()
 
     def _complete(self, req: CompletionRequest) -> Generation:
-        return self._join(list(self._gen(req)))
+        return join_chunks(list(self._gen(req)), backend=BACKEND)
 
     async def _acomplete(self, req: CompletionRequest) -> Generation:
-        return self._join([c async for c in self._agen(req)])
+        return join_chunks([c async for c in self._agen(req)], backend=BACKEND)
 
     def _complete_stream(self, req: CompletionRequest) -> Iterator[GenerationChunk]:
         return self._gen(req)

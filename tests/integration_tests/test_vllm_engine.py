@@ -20,6 +20,7 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_multillm import (
     VLLM,
     BackendUnavailableError,
+    BadRequestError,
     ChatVLLM,
     ContextWindowExceededError,
     InvalidInputError,
@@ -306,6 +307,35 @@ def test_forced_tool_call(chat: ChatVLLM) -> None:
     assert chat.count_tokens("hi", tools=[get_weather]) >= chat.count_tokens([HumanMessage("hi")])
 
 
+def test_unforced_calls_read_by_a_vllm_tool_parser(chat: ChatVLLM, params: dict) -> None:
+    # SmolLM2 writes no Hermes tool calls of its own (PEERS.md): a per-call regex makes it write
+    # a sentence and one call, so what is tested is the reading, by vLLM's own hermes parser.
+    def get_weather(city: str) -> str:
+        """Weather in a city."""
+        return "sunny"
+
+    base = ChatVLLM(**params, temperature=0, max_tokens=80, tool_call_parser="hermes")
+    assert base.engine is chat.engine  # the parser is not an engine setting
+    llm = base.bind_tools([get_weather])  # tool_choice unset: "auto"
+    call = r'<tool_call>\{"name": "get_weather", "arguments": \{"city": "Paris"\}\}</tool_call>'
+    forced = {"structured_outputs": {"regex": r"Let me check\. " + call}}
+    out = llm.invoke("What is the weather in Paris?", **forced)
+    assert [(c["name"], c["args"]) for c in out.tool_calls] == [("get_weather", {"city": "Paris"})]
+    assert out.content.strip() == "Let me check."
+    assert out.response_metadata["finish_reason"] == "tool_calls"
+    streamed = merge(list(llm.stream("What is the weather in Paris?", **forced)))
+    assert [c["name"] for c in streamed.tool_calls] == ["get_weather"]
+    assert streamed.response_metadata["finish_reason"] == "tool_calls"
+    # An answer with no call stays text.
+    plain = llm.invoke("Say hi.", structured_outputs={"choice": ["hi there"]})
+    assert plain.content == "hi there" and not plain.tool_calls
+    bad = ChatVLLM(**params, tool_call_parser="nope")
+    with pytest.raises(InvalidInputError, match="tool_call_parser"):
+        bad.bind_tools([get_weather]).invoke("x")
+    bad.release()
+    base.release()
+
+
 def test_completion_model(params: dict) -> None:
     llm = VLLM(**params, temperature=0, max_tokens=12)
     text = llm.invoke("The capital of France is")
@@ -424,6 +454,61 @@ def test_engine_settings_checked(params: dict) -> None:
         ChatVLLM(**params, gpu_memory_utilization=1.5)
     with pytest.raises(ValueError, match="min_p"):
         ChatVLLM(**params, min_p=2)
+
+
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+
+
+def test_bad_call_input_is_refused_before_an_engine_starts(params: dict) -> None:
+    # Another max_model_len is another engine: none may start for a call that cannot be made.
+    other = ChatVLLM(**{**params, "max_model_len": 1024})
+    running = len(vllm_backend.engines())
+    for kwargs, field in [
+        ({"best_of": 2}, "best_of"),
+        ({"model": "another-model"}, "model"),
+        ({"tools": [TOOL], "tool_choice": 3}, "tool_choice"),
+        ({"response_format": {"type": "xml"}}, "response_format"),
+        ({"structured_outputs": {"nope": 1}}, "structured_outputs"),
+    ]:
+        with pytest.raises(InvalidInputError) as info:
+            other.invoke("hi", **kwargs)
+        assert info.value.field.startswith(field)
+    with pytest.raises(InvalidInputError, match="best_of"):
+        VLLM(**{**params, "max_model_len": 1024}).invoke("hi", best_of=2)
+    with pytest.raises(InvalidInputError, match="tool_call_parser"):
+        ChatVLLM(**{**params, "max_model_len": 1024}, tool_call_parser="nope").bind_tools(
+            [TOOL]
+        ).invoke("hi")
+    assert len(vllm_backend.engines()) == running and other._started_engine() is None
+
+
+def test_an_engine_that_fails_to_start_is_not_retried(params: dict) -> None:
+    starts = []
+    real = vllm_backend.EngineHandle.start
+
+    def counted(self: Any) -> None:
+        starts.append(1)
+        real(self)
+
+    bad = ChatVLLM(**{**params, "max_model_len": 10**7}, max_retries=3)  # over the model's own
+    vllm_backend.EngineHandle.start = counted  # type: ignore[method-assign]
+    try:
+        with pytest.raises(BadRequestError) as info:
+            bad.invoke("hi")
+    finally:
+        vllm_backend.EngineHandle.start = real  # type: ignore[method-assign]
+    assert starts == [1] and info.value.is_retryable is False
+
+
+async def test_concurrent_first_calls_take_one_hold_on_the_engine(
+    chat: ChatVLLM, params: dict
+) -> None:
+    fresh = ChatVLLM(**params)
+    before = chat.engine.refs
+    await asyncio.gather(*(fresh.aget_limits() for _ in range(8)))
+    assert fresh.engine is chat.engine and chat.engine.refs == before + 1
+    fresh.release()
+    assert chat.engine.refs == before
 
 
 def test_dead_engine_is_not_alive_and_refuses_calls(chat: ChatVLLM, params: dict) -> None:

@@ -74,3 +74,15 @@ def test_every_table_entry_names_a_vllm_module() -> None:
     assert VLLM_ERROR_NAMES["vllm.v1.engine.exceptions.EngineDeadError"][0].__name__ == (
         "BackendUnavailableError"
     )
+
+
+def test_engine_generate_error_speaks_for_its_cause() -> None:
+    from langchain_multillm.errors import ContextWindowExceededError, from_vllm_error
+
+    class EngineGenerateError(Exception):  # vLLM's, by name: raised without a message
+        pass
+
+    wrapped = EngineGenerateError()
+    wrapped.__cause__ = ValueError("This model's maximum context length is 2048 tokens")
+    assert isinstance(from_vllm_error(wrapped), ContextWindowExceededError)
+    assert type(from_vllm_error(EngineGenerateError())) is BackendError
