@@ -1215,14 +1215,27 @@ class ChatVLLM(_VLLMEngineModel, OpenAIToolsMixin):
 def _run_async(coro: Awaitable[Any]) -> Any:
     """Run a coroutine to completion from sync code (even inside a running loop, e.g. Jupyter)."""
 
+    running: dict[str, Any] = {}
+
     async def main() -> Any:
+        running["task"], running["loop"] = asyncio.current_task(), asyncio.get_running_loop()
         return await coro
 
     # The caller's context (LangChain's tracing and parent run live in context variables)
     # goes with it to the thread.
     ctx = contextvars.copy_context()
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vllm-batch") as pool:
-        return pool.submit(ctx.run, asyncio.run, main()).result()
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vllm-batch")
+    fut = pool.submit(ctx.run, asyncio.run, main())
+    try:
+        return fut.result()
+    except BaseException:
+        # Interrupted (Ctrl-C in a notebook): cancel the batch, which aborts its requests in
+        # the engine, instead of waiting for every answer.
+        if not fut.done() and "task" in running:
+            running["loop"].call_soon_threadsafe(running["task"].cancel)
+        raise
+    finally:
+        pool.shutdown(wait=False)
 
 
 # ------------------------------------------------------------------ completion

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import signal
 import string
 import threading
 import time
@@ -214,6 +215,20 @@ def test_batch_all_in_flight_together(chat: ChatVLLM) -> None:
         chat, lambda: chat.generate([[HumanMessage(p)] for p in prompts[:4]], max_tokens=8)
     )
     assert len(result.generations) == 4 and peak == 4
+
+
+def test_interrupted_batch_aborts_its_requests(chat: ChatVLLM) -> None:
+    # Ctrl-C in a notebook cell: a real SIGINT to this (the main) thread while batch waits.
+    prompts = [f"Write a long story about a dragon number {i}." for i in range(8)]
+    main = threading.get_ident()
+    timer = threading.Timer(1.0, signal.pthread_kill, args=(main, signal.SIGINT))
+    started = time.monotonic()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        chat.batch(prompts, max_tokens=1500, ignore_eos=True)  # minutes if not interrupted
+    timer.cancel()
+    assert time.monotonic() - started < 10  # not waiting for the answers
+    assert _wait_idle(chat) == 0  # every request was aborted in the engine
 
 
 def test_batch_keeps_per_input_settings(chat: ChatVLLM) -> None:
