@@ -332,7 +332,9 @@ def test_values_out_of_range_are_422(
                 "messages": [
                     {
                         "role": "user",
-                        "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}],
+                        "content": [
+                            {"type": "image_url", "image_url": {"url": "http://x.invalid/y.png"}}
+                        ],
                     }
                 ],
             },

@@ -213,7 +213,7 @@ def test_every_openai_exception_is_mapped() -> None:
 
 
 def _status_error(cls: type, status: int, body: Any) -> Exception:
-    request = httpx.Request("POST", "http://x")
+    request = httpx.Request("POST", "http://x.invalid")
     response = httpx.Response(status, json={"error": body}, request=request)
     return cls(f"Error code: {status}", response=response, body=body)
 
@@ -236,7 +236,7 @@ def test_status_errors_map_by_status(cls: type, status: int, expected: type) -> 
 
 
 def test_transport_errors_map() -> None:
-    request = httpx.Request("POST", "http://x")
+    request = httpx.Request("POST", "http://x.invalid")
     assert isinstance(e.from_openai_error(openai.APITimeoutError(request=request)),
                       e.BackendTimeoutError)  # fmt: skip
     assert isinstance(e.from_openai_error(openai.APIConnectionError(request=request)),
