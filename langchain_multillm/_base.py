@@ -151,6 +151,46 @@ def check_model_name(value: str) -> str:
     return value
 
 
+# Keys every call may carry, whatever the backend: the sampling fields every model has, the
+# fit policy, and what LangChain itself reads or binds (``stream``, its switch that turns
+# streaming off for a call; ``ls_*``: tracing metadata such as ``ls_structured_output_format``),
+# never sent.
+COMMON_CALL_PARAMS = frozenset(
+    {
+        "model",
+        "temperature",
+        "top_p",
+        "max_tokens",
+        "stop",
+        "context_overflow",
+        "stream",
+        "ls_structured_output_format",
+    }
+)
+
+
+def check_call_params(
+    owner: str, keys: Sequence[str], allowed: frozenset[str], hints: dict[str, str]
+) -> None:
+    """Refuse a call's keys that ``owner`` does not take, naming them and listing what it takes
+    (before any network call: a misspelled ``temprature`` is never sent, nor silently dropped)."""
+    unknown = sorted(k for k in keys if k not in allowed and not k.startswith("ls_"))
+    if not unknown:
+        return
+    for key in unknown:
+        if key in hints:
+            raise InvalidInputError(key, hints[key])
+    import difflib
+
+    close = {k: difflib.get_close_matches(k, sorted(allowed), n=1) for k in unknown}
+    guesses = [f"{k!r} -> {m[0]!r}" for k, m in close.items() if m]
+    guess = f" (did you mean {', '.join(guesses)}?)" if guesses else ""
+    raise InvalidInputError(
+        ", ".join(unknown),
+        f"not a call parameter of {owner}{guess}; allowed: {', '.join(sorted(allowed))}",
+    )
+
+
 # ------------------------------------------------------------------ the shared surface
 
 
@@ -175,9 +215,25 @@ class ModelSurface(BaseModel):
     """Seconds a health check may take, in all."""
 
     _backend: ClassVar[str] = "multillm"
+    _call_params: ClassVar[frozenset[str]] = frozenset()
+    """The keys a call may carry besides :data:`COMMON_CALL_PARAMS` (each backend declares its
+    own: sampling keys, tools, tool_choice, response_format where taken); others are refused."""
+    _call_param_hints: ClassVar[dict[str, str]] = {}
+    """Keys refused with a reason of their own (a pointer to the class that takes them)."""
     _limits: Limits | None = PrivateAttr(default=None)
     _limits_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _warned_unknown: bool = PrivateAttr(default=False)
+
+    # ---- the keys a call may carry (checked in ``_start``, before anything is sent) ----
+    def _allowed_call_params(self) -> frozenset[str]:
+        """:data:`COMMON_CALL_PARAMS` and the backend's ``_call_params`` (a backend whose set
+        depends on what is installed overrides this)."""
+        return COMMON_CALL_PARAMS | self._call_params
+
+    def _check_call_params(self, kwargs: dict[str, Any]) -> None:
+        check_call_params(
+            type(self).__name__, list(kwargs), self._allowed_call_params(), self._call_param_hints
+        )
 
     # ---- hooks (backends override) ----
     def _fetch_limits(self) -> Limits:
@@ -602,7 +658,9 @@ class MultiLLMChatModel(ModelSurface, _Sampling, BaseChatModel):
         stream: bool,
     ) -> tuple[ChatRequest, ContextOverflowPolicy, Prompt]:
         check_messages(messages)
+        self._check_call_params(kwargs)
         kwargs = dict(kwargs)
+        kwargs.pop("stream", None)  # LangChain's own switch, already acted on
         policy = self._policy(kwargs)
         tools = kwargs.pop("tools", None)
         params = merge_params(self._default_params(), kwargs, stop)
@@ -739,7 +797,9 @@ class MultiLLMCompletionModel(ModelSurface, _Sampling, BaseLLM):
     ) -> tuple[CompletionRequest, ContextOverflowPolicy]:
         if not isinstance(prompt, str):
             raise InvalidInputError("prompt", f"must be text; got {type(prompt).__name__}")
+        self._check_call_params(kwargs)
         kwargs = dict(kwargs)
+        kwargs.pop("stream", None)
         policy = self._policy(kwargs)
         params = merge_params(self._default_params(), kwargs, stop)
         req = CompletionRequest(prompt=prompt, params=params, fit=UNCHECKED, stream=stream)

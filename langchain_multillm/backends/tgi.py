@@ -43,7 +43,14 @@ from langchain_multillm.errors import (
     malformed_body,
 )
 from langchain_multillm.fit import Limits, TemplateBound, chat_bound
-from langchain_multillm.health import HealthReport, describe, down
+from langchain_multillm.health import (
+    HealthReport,
+    answered,
+    describe,
+    down,
+    not_ready,
+    unhealthy,
+)
 
 __all__ = ["TGI", "ChatTGI"]
 
@@ -54,6 +61,24 @@ ANY_MODEL = "tgi"
 
 # Parameters only TGI's generate routes take (its Messages API has no field for them).
 GENERATE_ONLY = ("top_k", "repetition_penalty", "do_sample", "truncate", "watermark", "typical_p")
+# What a call may carry besides the sampling keys every model takes (TGI's ChatRequest and
+# GenerateParameters, as far as these classes send them); anything else is refused by name.
+CHAT_PARAMS = frozenset(
+    {
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "tool_prompt",
+        "parallel_tool_calls",
+    }
+)
+GENERATE_PARAMS = frozenset({"seed", "grammar", *GENERATE_ONLY})
 
 
 class _TGIConnection(HTTPConnection):
@@ -184,22 +209,24 @@ class _TGIConnection(HTTPConnection):
 
     # ---- health: /health and /info ----
     def _judge(self, started: float, health: httpx.Response | Exception, info: Any) -> HealthReport:
+        """``/health`` says whether the server can answer (503 "unhealthy": down); ``/info``
+        whether it serves the configured model."""
         model = self.model_name
         if isinstance(health, Exception):
-            return down(started, model, describe(health))
-        latency = time.perf_counter() - started
+            return down(started, model, f"/health failed: {describe(health)}")
+        if unhealthy(health.status_code):
+            return down(started, model, answered("/health", health))
         if isinstance(info, Exception):
-            return HealthReport(
-                alive=True,
-                ready=False,
-                latency_s=latency,
-                model=model,
-                detail=f"/health answered {health.status_code}; /info failed: {describe(info)}",
+            return not_ready(
+                started,
+                model,
+                f"/health answered {health.status_code}; /info failed: {describe(info)}",
             )
+        latency = time.perf_counter() - started
         served = info.get("model_id")
         window = info.get("max_total_tokens")
         if health.status_code >= 400:
-            detail, ready = f"/health answered {health.status_code} (not ready)", False
+            detail, ready = f"{answered('/health', health)} (not ready)", False
         elif model not in (ANY_MODEL, served):
             detail, ready = f"{model!r} is not served; the server has {served!r}", False
         else:
@@ -327,6 +354,10 @@ class ChatTGI(_TGIConnection, OpenAIChatOverHTTP):
     """Penalty by how often a token appeared (-2 to 2)."""
 
     _backend = BACKEND
+    _call_params = CHAT_PARAMS
+    _call_param_hints: ClassVar[dict[str, str]] = dict.fromkeys(
+        GENERATE_ONLY, "TGI's Messages API has no such parameter; use TGI (the generate routes)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -374,11 +405,6 @@ class ChatTGI(_TGIConnection, OpenAIChatOverHTTP):
                 "is False: this server's model has no chat template; use TGI (completion) "
                 "with your own prompt format",
             )
-        for name in GENERATE_ONLY:
-            if req.params.get(name) is not None:
-                raise InvalidInputError(
-                    name, "TGI's Messages API has no such parameter; use TGI for it"
-                )
 
     def _check_request(self, req: ChatRequest) -> None:
         self._check_stop(req.params)
@@ -494,6 +520,7 @@ class TGI(_TGIConnection, MultiLLMCompletionModel):
     ``{"type": "regex", "value": "..."}``."""
 
     _backend = BACKEND
+    _call_params = GENERATE_PARAMS
 
     @property
     def _llm_type(self) -> str:

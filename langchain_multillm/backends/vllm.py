@@ -577,8 +577,19 @@ class _VLLMEngineModel(ModelSurface):
     """Seed for sampling, for repeatable outputs."""
 
     _backend: ClassVar[str] = BACKEND
+    _call_param_hints: ClassVar[dict[str, str]] = dict.fromkeys(
+        _INTERNAL_FIELDS - _LOCAL_KEYS,
+        "is set by this package (one answer per input, streamed or not)",
+    )
     _lease: _Lease | None = PrivateAttr(default=None)
     _lease_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    def _allowed_call_params(self) -> frozenset[str]:
+        """The keys a call may carry: the installed vLLM's ``SamplingParams`` fields (vLLM is
+        imported here, never at module import), their aliases, and the class's own."""
+        _require_vllm()
+        fields = sampling_fields() - _INTERNAL_FIELDS
+        return super()._allowed_call_params() | fields | set(_SAMPLING_ALIASES) | _LOCAL_KEYS
 
     @model_validator(mode="after")
     def _check_engine_settings(self) -> _VLLMEngineModel:
@@ -1041,6 +1052,7 @@ class ChatVLLM(_VLLMEngineModel, OpenAIToolsMixin):
     ``hermes`` for Qwen2.5 and Hermes models, ``llama3_json``, ``mistral``); None: none."""
 
     _backend = BACKEND
+    _call_params = frozenset(_CHAT_ONLY | {"tools"})
 
     @property
     def _llm_type(self) -> str:
@@ -1249,6 +1261,7 @@ class VLLM(_VLLMEngineModel, MultiLLMCompletionModel):
     """
 
     _backend = BACKEND
+    _call_params: ClassVar[frozenset[str]] = frozenset()
 
     @property
     def _llm_type(self) -> str:

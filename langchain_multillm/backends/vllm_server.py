@@ -52,11 +52,96 @@ from langchain_multillm.errors import (
     malformed_body,
 )
 from langchain_multillm.fit import Limits, TemplateBound, chat_bound
-from langchain_multillm.health import HealthReport, describe, down
+from langchain_multillm.health import (
+    HealthReport,
+    answered,
+    describe,
+    down,
+    not_ready,
+    probe_failed,
+    unhealthy,
+)
 
 __all__ = ["ChatVLLMServer", "VLLMServer"]
 
 BACKEND = "vllm-server"
+
+# What a call may carry (besides the sampling keys every model takes; anything else is refused
+# by name before sending; ``extra_body``, a dict, goes into the body unchecked, as the openai
+# SDK's does). The OpenAI chat request's keys vLLM takes:
+OPENAI_CHAT_PARAMS = frozenset(
+    {
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "max_completion_tokens",
+        "user",
+        "reasoning_effort",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+    }
+)
+# The OpenAI completion request's keys vLLM takes:
+OPENAI_COMPLETION_PARAMS = frozenset(
+    {"seed", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "echo", "user"}
+)
+# vLLM's own sampling and request extras, on both routes (docs.vllm.ai, "OpenAI-Compatible
+# Server", Extra Parameters; the guided_* keys of vLLM before structured_outputs included):
+VLLM_EXTRA_PARAMS = frozenset(
+    {
+        "extra_body",
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+        "length_penalty",
+        "use_beam_search",
+        "stop_token_ids",
+        "include_stop_str_in_output",
+        "ignore_eos",
+        "min_tokens",
+        "skip_special_tokens",
+        "spaces_between_special_tokens",
+        "truncate_prompt_tokens",
+        "prompt_logprobs",
+        "allowed_token_ids",
+        "bad_words",
+        "add_special_tokens",
+        "structured_outputs",
+        "guided_json",
+        "guided_regex",
+        "guided_choice",
+        "guided_grammar",
+        "guided_decoding_backend",
+        "guided_whitespace_pattern",
+        "priority",
+        "request_id",
+        "logits_processors",
+        "return_tokens_as_token_ids",
+        "return_token_ids",
+        "cache_salt",
+        "kv_transfer_params",
+        "vllm_xargs",
+    }
+)
+# ... and the chat route's own (the chat template's inputs, reasoning output):
+VLLM_CHAT_EXTRA_PARAMS = frozenset(
+    {
+        "echo",
+        "add_generation_prompt",
+        "continue_final_message",
+        "documents",
+        "chat_template",
+        "chat_template_kwargs",
+        "mm_processor_kwargs",
+        "include_reasoning",
+        "structural_tag",
+    }
+)
 
 
 class _ServerConnection(HTTPConnection):
@@ -268,40 +353,36 @@ class _ServerConnection(HTTPConnection):
     def _judge(
         self, started: float, health: httpx.Response | Exception, models: Any
     ) -> HealthReport:
+        """``/health`` says whether the server can answer (a 5xx, or no answer: down);
+        ``/models`` whether it serves the configured model. A server without a health route
+        (404: llama.cpp's server and others) is judged by ``/models`` alone."""
         model = getattr(self, "model_name", None)
-        if isinstance(models, Exception) and isinstance(health, Exception):
-            return down(started, model, describe(health))
+        if isinstance(health, Exception):
+            return down(started, model, f"/health failed: {describe(health)}")
+        if unhealthy(health.status_code):
+            return down(started, model, answered("/health", health))
+        no_route = health.status_code == 404
         if isinstance(models, Exception):
-            ok = isinstance(health, httpx.Response) and health.status_code < 400
-            return HealthReport(
-                alive=True,
-                ready=False,
-                latency_s=time.perf_counter() - started,
-                model=model,
-                detail=f"/health {'ok' if ok else 'failed'}; /models failed: {describe(models)}",
-            )
+            if no_route:
+                return probe_failed(started, model, "/models failed", models)
+            state = "ok" if health.status_code < 400 else answered("/health", health)
+            return not_ready(started, model, f"/health {state}; /models failed: {describe(models)}")
         limits = self._limits_from_models(models)
+        window = limits.context_window or self.context_window  # type: ignore[attr-defined]
         served = [c.get("id") for c in models.get("data", [])]
-        # No /health route (404: llama.cpp's server and others): /models decides.
-        health_ok = isinstance(health, httpx.Response) and (
-            health.status_code < 400 or health.status_code == 404
-        )
-        ready = model in served and health_ok
-        if ready:
-            detail = f"serving {model}"
-        elif isinstance(health, Exception):
-            detail = f"/health failed: {describe(health)}"
-        elif not health_ok:
-            detail = f"/health answered {health.status_code}"
-        else:
-            detail = f"{model!r} is not served; the server has {served}"
+        if health.status_code >= 400 and not no_route:  # 401, 403, 429: answers, refuses
+            return not_ready(started, model, answered("/health", health), window)
+        if model not in served:
+            return not_ready(
+                started, model, f"{model!r} is not served; the server has {served}", window
+            )
         return HealthReport(
             alive=True,
-            ready=ready,
+            ready=True,
             latency_s=time.perf_counter() - started,
             model=model,
-            context_window=limits.context_window or self.context_window,  # type: ignore[attr-defined]
-            detail=detail,
+            context_window=window,
+            detail=f"serving {model}",
         )
 
     def _health(self) -> HealthReport:
@@ -345,6 +426,11 @@ class _ServerConnection(HTTPConnection):
         out.update(self.extra_body or {})
         return out
 
+    def _check_extra_body(self, params: dict[str, Any]) -> None:
+        extra = params.get("extra_body")
+        if extra is not None and not isinstance(extra, dict):
+            raise InvalidInputError("extra_body", f"must be a dict; got {type(extra).__name__}")
+
 
 def _count_of(body: Any) -> int:
     try:
@@ -367,10 +453,14 @@ class ChatVLLMServer(_ServerConnection, OpenAIChatOverHTTP):
     """
 
     _backend = BACKEND
+    _call_params = OPENAI_CHAT_PARAMS | VLLM_EXTRA_PARAMS | VLLM_CHAT_EXTRA_PARAMS
 
     @property
     def _llm_type(self) -> str:
         return "vllm-server-chat"
+
+    def _check_offline(self, req: ChatRequest) -> None:
+        self._check_extra_body(req.params)
 
     @property
     def lc_secrets(self) -> dict[str, str]:
@@ -417,10 +507,14 @@ class VLLMServer(_ServerConnection, MultiLLMCompletionModel):
     """
 
     _backend = BACKEND
+    _call_params = OPENAI_COMPLETION_PARAMS | VLLM_EXTRA_PARAMS
 
     @property
     def _llm_type(self) -> str:
         return "vllm-server"
+
+    def _check_offline(self, req: CompletionRequest) -> None:
+        self._check_extra_body(req.params)
 
     @property
     def lc_secrets(self) -> dict[str, str]:

@@ -92,9 +92,46 @@ def test_azure_rules(azure_server_url: str) -> None:
     unknown = httpx.post(
         f"{azure_server_url}/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21",
         headers={"api-key": peers.AZURE_FIXTURE_KEY},
-        json={"messages": [{"role": "user", "content": "x"}], "stream_options": {}},
+        json={"messages": [{"role": "user", "content": "x"}], "no_such_field": {}},
     )
     assert unknown.status_code == 400 and "Unrecognized" in unknown.json()["error"]["message"]
+    # stream_options came with 2024-08-01-preview / 2024-10-21: older versions refuse it.
+    old = httpx.post(
+        f"{azure_server_url}/openai/deployments/gpt-4o/chat/completions?api-version=2024-06-01",
+        headers={"api-key": peers.AZURE_FIXTURE_KEY},
+        json={"messages": [{"role": "user", "content": "x"}], "stream": True,
+              "stream_options": {"include_usage": True}},
+    )  # fmt: skip
+    assert old.status_code == 400
+    assert (
+        old.json()["error"]["message"] == "Unrecognized request argument supplied: stream_options"
+    )
+
+
+def test_stream_usage_from_azure_where_the_version_takes_stream_options(
+    azure_server_url: str,
+) -> None:
+    """2024-10-21 asks for the usage chunk (as AzureChatOpenAI does); 2024-06-01 cannot, and the
+    usage is counted with tiktoken instead; the fixture's own count agrees with both."""
+    for version in ("2024-10-21", "2024-06-01"):
+        httpx.delete(f"{azure_server_url}/__fixture__/requests")
+        llm = ChatAzureOpenAI(
+            azure_endpoint=azure_server_url, api_version=version, temperature=0, max_tokens=12,
+            api_key=peers.AZURE_FIXTURE_KEY, azure_deployment=peers.AZURE_DEPLOYMENT,
+            max_retries=0,
+        )  # fmt: skip
+        msg = llm.invoke("Say hello.")
+        chunks = list(llm.stream("Say hello."))
+        total = chunks[0]
+        for c in chunks[1:]:
+            total = total + c
+        assert total.content == msg.content and total.usage_metadata == msg.usage_metadata
+        sent = httpx.get(f"{azure_server_url}/__fixture__/requests").json()
+        streamed = [r["json"] for r in sent if r["json"] and r["json"].get("stream")]
+        if version == "2024-10-21":
+            assert streamed[-1]["stream_options"] == {"include_usage": True}
+        else:
+            assert "stream_options" not in streamed[-1]
 
 
 def test_health(azure_server_url: str) -> None:

@@ -211,6 +211,9 @@ def test_health(deepseek_server_url: str, control: httpx.Client) -> None:
     control.post("/__fixture__/state", json={"fail_next": 1, "fail_status": 402})
     broke = make(deepseek_server_url).health()
     assert broke.alive and not broke.ready
+    control.post("/__fixture__/state", json={"fail_next": 1, "fail_status": 503})
+    overloaded = make(deepseek_server_url).health()  # answers it cannot serve: down
+    assert not overloaded.alive and not overloaded.ready and "503" in overloaded.detail
     down = make(f"http://127.0.0.1:{peers.free_port()}", health_timeout=2).health()
     assert not down.alive and not down.ready
     assert asyncio.run(make(deepseek_server_url).ahealth()).ready

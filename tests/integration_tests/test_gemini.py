@@ -125,6 +125,9 @@ def test_health(gemini_server_url: str, control: httpx.Client) -> None:
     refused = make(gemini_server_url, api_key="not-a-google-key").health()
     assert refused.alive and not refused.ready and "refused the key" in refused.detail
     assert all(r["method"] == "GET" for r in sent(control))  # never a generation
+    control.post("/__fixture__/state", json={"fail_next": 1, "fail_status": 503})
+    overloaded = make(gemini_server_url).health()  # answers it cannot serve: down
+    assert not overloaded.alive and not overloaded.ready and "503" in overloaded.detail
     down = ChatGemini(api_key="AIzaX", base_url=f"http://127.0.0.1:{peers.free_port()}").health()
     assert not down.alive
 

@@ -122,10 +122,13 @@ def test_tgi_errors_in_the_error_tree(chat: ChatTGI, control: httpx.Client) -> N
         list(once.stream(Q))  # TGI reports it inside the chat stream, labelled 422
 
 
-def test_unhealthy_server_is_alive_not_ready(chat: ChatTGI, control: httpx.Client) -> None:
+def test_unhealthy_server_is_down(chat: ChatTGI, control: httpx.Client) -> None:
+    """/health answers 503 "unhealthy": the model cannot answer, so not even alive."""
     control.post("/__fixture__/state", json={"healthy": False})
     h = chat.health()
-    assert h.alive and not h.ready and "503" in h.detail
+    assert not h.alive and not h.ready and h.detail == "/health answered 503: unhealthy"
+    assert not chat.is_alive()
     other = chat.model_copy(update={"model_name": "some/other-model"})
     control.post("/__fixture__/state", json={"healthy": True})
-    assert not other.health().ready
+    h = other.health()  # healthy, but not the configured model: alive, not ready
+    assert h.alive and not h.ready and "not served" in h.detail

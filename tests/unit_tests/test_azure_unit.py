@@ -22,7 +22,11 @@ from langchain_multillm import (
     RateLimitError,
 )
 from langchain_multillm import errors as e
-from langchain_multillm.backends.azure import count_chat_tokens, model_family
+from langchain_multillm.backends.azure import (
+    count_chat_tokens,
+    model_family,
+    takes_stream_options,
+)
 
 pytestmark = pytest.mark.usefixtures("tiktoken_ready")
 
@@ -30,6 +34,9 @@ ENDPOINT = "http://azure.invalid"
 KEY = "azure-very-secret-key"
 SAFE = {"filtered": False, "severity": "safe"}
 PROMPT_FILTERS = [{"prompt_index": 0, "content_filter_results": {"hate": SAFE}}]
+USAGE_CHUNK = {"id": "c1", "object": "chat.completion.chunk", "created": 1,
+               "model": "gpt-4o-2024-08-06", "choices": [],
+               "usage": {"prompt_tokens": 8, "completion_tokens": 2, "total_tokens": 10}}  # fmt: skip
 
 
 def completion(content: str | None, finish: str = "stop", blocked: bool = False) -> dict:
@@ -96,7 +103,10 @@ class Fake:
             return httpx.Response(200, json={"object": "list", "data": []})
         body = json.loads(request.content)
         if body.get("stream"):
-            return httpx.Response(200, text=sse(self.stream or stream_events(["Hel", "lo"])),
+            events = list(self.stream or stream_events(["Hel", "lo"]))
+            if (body.get("stream_options") or {}).get("include_usage"):
+                events.append(USAGE_CHUNK)  # last, with no choices, as Azure sends it
+            return httpx.Response(200, text=sse(events),
                                   headers={"content-type": "text/event-stream"})  # fmt: skip
         return httpx.Response(self.status, json=self.answer, headers=self.headers)
 
@@ -106,7 +116,7 @@ def make(fake: Fake, **kw: Any) -> ChatAzureOpenAI:
     return ChatAzureOpenAI(
         azure_endpoint=ENDPOINT,
         azure_deployment="gpt-4o",
-        api_version="2024-10-21",
+        api_version=kw.pop("api_version", "2024-10-21"),
         http_client=httpx.Client(transport=httpx.MockTransport(fake.handler)),
         http_async_client=httpx.AsyncClient(transport=httpx.MockTransport(fake.handler)),
         max_retries=kw.pop("max_retries", 0),
@@ -173,7 +183,7 @@ def test_secrets_never_in_repr_or_dumps() -> None:
     assert llm.lc_secrets == {"api_key": "AZURE_OPENAI_API_KEY"}
 
 
-def test_request_shape_path_query_header_and_no_stream_options() -> None:
+def test_request_shape_path_query_header_and_stream_options() -> None:
     fake = Fake()
     llm = make(fake, max_tokens=5)
     list(llm.stream("hi"))
@@ -181,7 +191,33 @@ def test_request_shape_path_query_header_and_no_stream_options() -> None:
     assert req.url.path == "/openai/deployments/gpt-4o/chat/completions"
     assert req.url.params["api-version"] == "2024-10-21"
     body = json.loads(req.content)
-    assert "stream_options" not in body and body["max_tokens"] == 5
+    assert body["stream_options"] == {"include_usage": True} and body["max_tokens"] == 5
+    llm.invoke("hi")
+    assert "stream_options" not in json.loads(fake.requests[-1].content)  # streams only
+    list(make(fake, stream_usage=False).stream("hi"))
+    assert "stream_options" not in json.loads(fake.requests[-1].content)
+    list(make(fake, api_version="2024-06-01").stream("hi"))  # this version refuses it
+    assert "stream_options" not in json.loads(fake.requests[-1].content)
+
+
+@pytest.mark.parametrize(
+    ("version", "takes"),
+    [
+        ("2024-02-01", False),
+        ("2024-06-01", False),
+        ("2024-10-21", True),
+        ("2025-03-01", True),
+        ("2024-05-01-preview", False),
+        ("2024-07-01-preview", False),
+        ("2024-08-01-preview", True),
+        ("2025-04-01-preview", True),
+        ("v1", True),
+        ("preview", True),
+        ("not-a-version", False),
+    ],
+)
+def test_api_versions_that_take_stream_options(version: str, takes: bool) -> None:
+    assert takes_stream_options(version) is takes
 
 
 def test_reasoning_models_get_max_completion_tokens() -> None:
@@ -303,8 +339,14 @@ def test_stream_survives_first_chunk_without_choices() -> None:
     assert total.content == "Hello"
     assert total.response_metadata["prompt_filter_results"] == PROMPT_FILTERS
     assert total.response_metadata["finish_reason"] == "stop"
-    # No usage in 2024-10-21 streams: counted exactly with tiktoken.
-    prompt = llm.count_tokens([HumanMessage("hi")])
+    assert total.usage_metadata == {"input_tokens": 8, "output_tokens": 2, "total_tokens": 10}
+    # An API version without stream_options sends no usage: counted exactly with tiktoken.
+    old = make(Fake(), api_version="2024-06-01")
+    chunks = list(old.stream("hi"))
+    total = chunks[0]
+    for c in chunks[1:]:
+        total = total + c
+    prompt = old.count_tokens([HumanMessage("hi")])
     assert total.usage_metadata == {"input_tokens": prompt, "output_tokens": 1,
                                     "total_tokens": prompt + 1}  # fmt: skip
 

@@ -404,7 +404,7 @@ def test_health() -> None:
     assert h.ready and h.model == INFO["model_id"]
     h = make(ChatTGI, FakeTGI(), model="other/model").health()
     assert h.alive and not h.ready and "not served" in h.detail
-    h = make(ChatTGI, FakeTGI(health_status=503)).health()
-    assert h.alive and not h.ready and "503" in h.detail
+    h = make(ChatTGI, FakeTGI(health_status=503)).health()  # "unhealthy": cannot answer
+    assert not h.alive and not h.ready and "/health answered 503: unhealthy" in h.detail
     h = ChatTGI(base_url="http://127.0.0.1:9", health_timeout=1).health()
     assert not h.alive
