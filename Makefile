@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: install peers demo test test-unit test-llamacpp test-vllm test-vllm-engine bench-vllm test-notebooks test-embeddings test-tgi test-deepseek test-azure test-gemini test-server lint format bench docs record-tgi record-deepseek record-gemini record-azure clean
+.PHONY: install peers demo test test-unit test-llamacpp test-vllm test-vllm-engine bench-vllm test-notebooks test-embeddings test-tgi test-deepseek test-azure test-gemini test-server lint format bench bench-http docs record-tgi record-deepseek record-gemini record-azure clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -99,6 +99,13 @@ bench: install
 	$(PIP) install -q --group bench
 	$(PY) bench/run.py
 	$(PY) bench/rag.py
+
+# Async HTTP clients and ChatVLLMServer's async path against an instant upstream (about 90 s).
+# httpx-aiohttp (a compared client) goes into a folder of its own, not the venv: langsmith
+# imports it, and aiohttp with it, whenever it is installed (slowing every import).
+bench-http: install
+	$(PIP) install -q --no-deps --target .build/bench-http 'httpx-aiohttp==0.2.0'
+	PYTHONPATH=.build/bench-http $(PY) bench/http_clients.py
 
 # Re-record the TGI cassettes (tests/unit_tests/test_tgi_cassettes.py) against a real server:
 #   TGI_BASE_URL=http://host:8080 make record-tgi

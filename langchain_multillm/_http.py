@@ -1,14 +1,27 @@
-"""HTTP plumbing shared by the server backends: clients, OAuth2 client credentials, base URLs."""
+"""HTTP plumbing shared by the server backends: clients, OAuth2 client credentials, base URLs.
+
+Sync calls go through ``httpx``. Async calls go through ``aiohttp`` by default (one session per
+event loop, shared by every model): measured against an upstream that answers at once
+(``bench/http_clients.py``), httpx's ``AsyncClient`` (httpcore's pool) is the ceiling of the async
+path, about 5x slower than aiohttp at 32 concurrent callers (encode/httpx#3215). An injected
+``http_async_client`` (an ``httpx.AsyncClient``: tests, proxies) is used as it is. Both async
+paths give the same answers and the same errors: aiohttp's exceptions are mapped in one place
+(:data:`langchain_multillm.errors.AIOHTTP_ERROR_NAMES`), next to httpx's.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import codecs
+import functools
+import json
 import threading
 import time
 import warnings
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
-from typing import Any, ClassVar
-from urllib.parse import urlparse
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import urlparse, urlsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr
@@ -17,12 +30,25 @@ from langchain_multillm.errors import (
     AuthenticationError,
     InvalidInputError,
     MultiLLMWarning,
+    aiohttp_errors,
+    from_aiohttp_error,
     from_httpx_error,
     from_response,
     malformed_body,
 )
 
-__all__ = ["ClientCredentials", "HTTPConnection", "check_url", "server_root"]
+if TYPE_CHECKING:
+    import ssl
+
+    import aiohttp
+
+__all__ = [
+    "ClientCredentials",
+    "HTTPConnection",
+    "aclose_sessions",
+    "check_url",
+    "server_root",
+]
 
 # Refresh a token this many seconds before it expires.
 TOKEN_SKEW_S = 30.0
@@ -169,10 +195,15 @@ class ClientCredentials(httpx.Auth):
             yield request
 
 
+def request_timeout(timeout: float | None) -> httpx.Timeout:
+    """The timeouts of a request: ``timeout`` for every phase, else 600 s (10 s to connect)."""
+    return httpx.Timeout(timeout) if timeout else httpx.Timeout(600.0, connect=10.0)
+
+
 def client_kwargs(timeout: float | None, verify: bool, auth: httpx.Auth | None) -> dict[str, Any]:
     """Arguments for the httpx clients this package creates."""
     return {
-        "timeout": httpx.Timeout(timeout) if timeout else httpx.Timeout(600.0, connect=10.0),
+        "timeout": request_timeout(timeout),
         "verify": verify,
         "auth": auth,
         "limits": httpx.Limits(max_connections=100, max_keepalive_connections=20),
@@ -186,6 +217,219 @@ def _tls_verify_default() -> bool:
     return skip not in ("1", "true", "yes", "on")
 
 
+# ------------------------------------------------------------------ SSE lines
+
+
+class LineSplitter:
+    """Text to lines as server-sent events define them: a line ends at ``\\r\\n``, ``\\n`` or
+    ``\\r``, and nowhere else (httpx's ``iter_lines`` also splits at U+2028 and the other
+    separators of ``str.splitlines``, which a JSON event may hold raw). The last line is
+    returned even without its line end."""
+
+    def __init__(self) -> None:
+        self._buf = ""
+
+    def feed(self, text: str) -> list[str]:
+        buf = self._buf + text
+        if "\r" in buf:
+            # A "\r" at the very end may be the first half of "\r\n": keep it for the next feed.
+            held = buf.endswith("\r")
+            buf = buf[:-1] if held else buf
+            buf = buf.replace("\r\n", "\n").replace("\r", "\n") + ("\r" if held else "")
+        lines = buf.split("\n")
+        self._buf = lines.pop()
+        return lines
+
+    def close(self) -> list[str]:
+        rest, self._buf = self._buf.rstrip("\r"), ""
+        return [rest] if rest else []
+
+
+def iter_lines(chunks: Iterable[str]) -> Iterator[str]:
+    """Lines of a text stream (see :class:`LineSplitter`)."""
+    split = LineSplitter()
+    for text in chunks:
+        yield from split.feed(text)
+    yield from split.close()
+
+
+async def aiter_lines(chunks: AsyncIterator[str]) -> AsyncIterator[str]:
+    """Async twin of :func:`iter_lines`."""
+    split = LineSplitter()
+    async for text in chunks:
+        for line in split.feed(text):
+            yield line
+    for line in split.close():
+        yield line
+
+
+async def _aio_text(resp: aiohttp.ClientResponse) -> AsyncIterator[str]:
+    """A response body as text, as it arrives (UTF-8 unless the response names a charset)."""
+    decoder = codecs.getincrementaldecoder(resp.charset or "utf-8")("replace")
+    async for chunk in resp.content.iter_any():
+        text = decoder.decode(chunk)
+        if text:
+            yield text
+    text = decoder.decode(b"", final=True)
+    if text:
+        yield text
+
+
+# ------------------------------------------------------------------ the async transport
+
+# Connections the shared async session keeps open to one host (httpx's default cap, and what
+# this package gave each model's httpx client before).
+MAX_CONNECTIONS_PER_HOST = 100
+
+_SESSIONS: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+_SESSIONS_LOCK = threading.Lock()
+# Headers of an httpx request that aiohttp writes itself.
+_HOP_HEADERS = frozenset({"host", "content-length", "transfer-encoding"})
+# Headers of an aiohttp response that no longer describe its (decoded) body.
+_BODY_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+
+
+def _drop(session: aiohttp.ClientSession) -> None:
+    """Forget a session whose loop is closed (or is ending): mark its connector closed, so
+    aiohttp does not log "Unclosed client session" when it is collected; nothing to await."""
+    connector = session.connector
+    close = getattr(connector, "_close", None)
+    if connector is not None and callable(close):
+        close()
+
+
+def _session() -> aiohttp.ClientSession:
+    """The aiohttp session of the running event loop (one per loop, shared by every model).
+
+    Cookies are not kept (one model's cookies never reach another's server). Proxies and CA
+    bundles come from the environment, as with httpx (see :func:`_env_proxy`). A loop that has
+    closed (each ``asyncio.run`` makes a new one) has its session dropped here.
+    """
+    loop = asyncio.get_running_loop()
+    session = _SESSIONS.get(loop)
+    if session is not None and not session.closed:
+        return session
+    import aiohttp
+
+    with _SESSIONS_LOCK:
+        for old in [lp for lp in _SESSIONS if lp.is_closed()]:
+            _drop(_SESSIONS.pop(old))
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=0,
+                limit_per_host=MAX_CONNECTIONS_PER_HOST,
+                ssl=_ssl_context(True),  # a request may name its own (verify_ssl=False)
+            ),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            # Not aiohttp's trust_env: it looks the proxy up in a worker thread on every request
+            # (a thread hop per call); _env_proxy reads it once per host. No .netrc (as httpx).
+            trust_env=False,
+        )
+        _SESSIONS[loop] = session
+        _env_proxy.cache_clear()  # a new loop reads the environment again
+    return session
+
+
+@functools.lru_cache(maxsize=256)
+def _env_proxy(scheme: str, host: str) -> tuple[str | None, aiohttp.BasicAuth | None]:
+    """The proxy the environment names for a host (``HTTPS_PROXY``, ``HTTP_PROXY``,
+    ``ALL_PROXY``, ``NO_PROXY``), as httpx's ``trust_env`` reads them, and its credentials."""
+    from urllib.request import getproxies, proxy_bypass
+
+    import aiohttp
+    from yarl import URL
+
+    proxies = getproxies()
+    proxy = proxies.get(scheme) or proxies.get("all")
+    if not proxy or proxy_bypass(host):
+        return None, None
+    url = URL(proxy if "://" in proxy else f"http://{proxy}")
+    auth = aiohttp.BasicAuth.from_url(url)
+    return str(url.with_user(None)), auth
+
+
+async def aclose_sessions() -> None:
+    """Close the shared async session of the running loop (a later call opens a new one)."""
+    session = _SESSIONS.pop(asyncio.get_running_loop(), None)
+    if session is not None:
+        await session.close()
+
+
+@atexit.register
+def _drop_sessions() -> None:
+    with _SESSIONS_LOCK:
+        while _SESSIONS:
+            _drop(_SESSIONS.popitem()[1])
+
+
+def openai_aiohttp_client() -> Any | None:
+    """An async HTTP client for the ``openai`` SDK that sends through the shared aiohttp
+    session of the running loop (the SDK's own aiohttp adapter, ``DefaultAioHttpClient``), or
+    None where the installed SDK has no such adapter (its default httpx client is used then)."""
+    transport = _openai_transport()
+    if transport is None:
+        return None
+    from openai import DefaultAioHttpClient
+
+    return DefaultAioHttpClient(transport=transport())
+
+
+@functools.cache
+def _openai_transport() -> Callable[[], Any] | None:
+    try:
+        from openai import DefaultAioHttpClient  # noqa: F401
+        from openai._vendor.httpx_aiohttp import AiohttpTransport
+    except ImportError:
+        return None
+
+    class SharedSessionTransport(AiohttpTransport):
+        """The SDK's adapter on the shared session (fetched per request: a closed one is
+        replaced); closing it closes the loop's session, as :meth:`HTTPConnection.aclose`."""
+
+        async def handle_async_request(self, request: Any) -> Any:
+            self.client = _session()
+            return await super().handle_async_request(request)
+
+        async def aclose(self) -> None:
+            await aclose_sessions()
+
+    return SharedSessionTransport
+
+
+@functools.lru_cache(maxsize=2)
+def _ssl_context(verify: bool) -> ssl.SSLContext:
+    """The TLS context httpx would use (certifi's bundle or ``SSL_CERT_FILE``), made once."""
+    return httpx.create_ssl_context(verify=verify, trust_env=True)
+
+
+@functools.lru_cache(maxsize=64)
+def _aio_timeout(timeout: float | None) -> aiohttp.ClientTimeout:
+    """httpx's timeouts in aiohttp's terms: pool -> connect (waiting for a connection),
+    connect -> sock_connect, read -> sock_read (between two reads); no write timeout."""
+    import aiohttp
+
+    t = request_timeout(timeout)
+    return aiohttp.ClientTimeout(
+        total=None, connect=t.pool, sock_connect=t.connect, sock_read=t.read
+    )
+
+
+@functools.cache
+def _aio_error_types() -> tuple[type[BaseException], ...]:
+    """What the aiohttp path catches and maps: aiohttp's errors, timeouts, socket errors."""
+    return (*aiohttp_errors(), asyncio.TimeoutError, TimeoutError, OSError)
+
+
+def _as_httpx(
+    resp: aiohttp.ClientResponse, content: bytes, request: httpx.Request
+) -> httpx.Response:
+    """An aiohttp response (its body read) as an ``httpx.Response``, for what judges one."""
+    headers = [
+        (k, v) for k, v in resp.raw_headers if k.decode("latin-1").lower() not in _BODY_HEADERS
+    ]
+    return httpx.Response(resp.status, headers=headers, content=content, request=request)
+
+
 EventParser = Callable[..., Iterator[dict[str, Any]]]
 AsyncEventParser = Callable[..., AsyncIterator[dict[str, Any]]]
 
@@ -193,10 +437,11 @@ AsyncEventParser = Callable[..., AsyncIterator[dict[str, Any]]]
 class HTTPConnection(BaseModel):
     """A server backend's connection: settings, pooled clients, JSON calls and SSE streams.
 
-    One sync and one async ``httpx`` client per model (the async one per event loop), or the
-    clients injected for tests and proxies. Every transport error and non-2xx answer becomes
-    an error of the package's tree, named after the backend (``_backend``). A backend adds its
-    ``api_key`` field (with its own environment variable) and, where it has one, an auth flow.
+    Sync calls use one ``httpx.Client`` per model; async calls use the shared aiohttp session
+    of the running event loop; the clients injected for tests and proxies (``httpx``) replace
+    either. Every transport error and non-2xx answer becomes an error of the package's tree,
+    named after the backend (``_backend``). A backend adds its ``api_key`` field (with its own
+    environment variable) and, where it has one, an auth flow.
     """
 
     model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
@@ -214,12 +459,10 @@ class HTTPConnection(BaseModel):
     """An httpx client to use for sync calls (proxies, tests); its base URL is ignored."""
 
     http_async_client: httpx.AsyncClient | None = Field(default=None, exclude=True)
-    """An httpx client to use for async calls."""
+    """An httpx client to use for async calls (by default they go through aiohttp)."""
 
     _backend: ClassVar[str] = "http"
     _sync: httpx.Client | None = PrivateAttr(default=None)
-    _async: httpx.AsyncClient | None = PrivateAttr(default=None)
-    _async_loop: asyncio.AbstractEventLoop | None = PrivateAttr(default=None)
 
     # ---- clients ----
     def _headers(self) -> dict[str, str]:
@@ -243,20 +486,6 @@ class HTTPConnection(BaseModel):
             )
         return self._sync
 
-    @property
-    def _aclient(self) -> httpx.AsyncClient:
-        if self.http_async_client is not None:
-            return self.http_async_client
-        # An async client's connections belong to the event loop that opened them: a new loop
-        # (a second asyncio.run, a notebook restarted) gets a new client.
-        loop = asyncio.get_running_loop()
-        if self._async is None or self._async_loop is not loop:
-            self._async_loop = loop
-            self._async = httpx.AsyncClient(
-                **client_kwargs(self.timeout, self.verify_ssl, self._auth_flow())
-            )
-        return self._async
-
     def _request_kwargs(self, timeout: float | None = None) -> dict[str, Any]:
         kw: dict[str, Any] = {"headers": self._headers()}
         if self.http_client is not None or self.http_async_client is not None:
@@ -268,6 +497,73 @@ class HTTPConnection(BaseModel):
         if timeout:
             kw["timeout"] = timeout
         return kw
+
+    # ---- the aiohttp path (no async client injected) ----
+    async def _aio_send(
+        self, method: str, url: str, content: bytes | None, timeout: float | None
+    ) -> tuple[aiohttp.ClientResponse, bytes | None]:
+        """Send one request on the shared session; the response with its headers read (and its
+        body, when an auth flow had to read it). Runs the auth flow as httpx would."""
+        session = _session()
+        options: dict[str, Any] = {
+            "data": content,
+            "timeout": _aio_timeout(timeout or self.timeout),
+            "allow_redirects": False,
+        }
+        parts = urlsplit(url)
+        if parts.scheme == "https":
+            options["ssl"] = _ssl_context(self.verify_ssl)
+        proxy, proxy_auth = _env_proxy(parts.scheme, parts.hostname or "")
+        if proxy is not None:
+            options["proxy"] = proxy
+            options["proxy_auth"] = proxy_auth
+        auth = self._auth_flow()
+        if auth is None:
+            return await session.request(method, url, headers=self._headers(), **options), None
+        flow = auth.async_auth_flow(httpx.Request(method, url, headers=self._headers()))
+        request = await flow.__anext__()
+        while True:
+            headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+            resp = await session.request(method, str(request.url), headers=headers, **options)
+            body = await resp.read() if auth.requires_response_body else None
+            try:
+                request = await flow.asend(_as_httpx(resp, body or b"", request))
+            except StopAsyncIteration:
+                return resp, body
+            resp.release()
+
+    async def _aio_call(
+        self, method: str, url: str, content: bytes | None, timeout: float | None = None
+    ) -> httpx.Response:
+        """A whole request and response on the aiohttp path, as an ``httpx.Response``."""
+        try:
+            resp, body = await self._aio_send(method, url, content, timeout)
+            async with resp:
+                raw = body if body is not None else await resp.read()
+                return _as_httpx(resp, raw, httpx.Request(method, url))
+        except _aio_error_types() as exc:
+            raise from_aiohttp_error(exc, backend=self._backend) from exc
+
+    async def _aio_post_json(self, url: str, body: dict[str, Any]) -> Any:
+        """The hot path: a JSON POST whose 2xx body is decoded without building a response."""
+        content = _dumps(body)
+        try:
+            resp, raw = await self._aio_send("POST", url, content, None)
+            async with resp:
+                if raw is None:
+                    raw = await resp.read()
+                if resp.status < 400:
+                    try:
+                        return json.loads(raw)
+                    except ValueError:
+                        text = raw.decode("utf-8", "replace")
+                        raise malformed_body(
+                            f"not JSON: {text[:200]!r}", body=text, backend=self._backend
+                        ) from None
+                error = _as_httpx(resp, raw, httpx.Request("POST", url))
+        except _aio_error_types() as exc:
+            raise from_aiohttp_error(exc, backend=self._backend) from exc
+        raise from_response(error, backend=self._backend)
 
     # ---- plain JSON calls ----
     def _json(self, r: httpx.Response) -> Any:
@@ -288,8 +584,10 @@ class HTTPConnection(BaseModel):
         return self._json(r)
 
     async def _apost_json(self, url: str, body: dict[str, Any]) -> Any:
+        if self.http_async_client is None:
+            return await self._aio_post_json(url, body)
         try:
-            r = await self._aclient.post(url, json=body, **self._request_kwargs())
+            r = await self.http_async_client.post(url, json=body, **self._request_kwargs())
         except httpx.HTTPError as exc:
             raise from_httpx_error(exc, backend=self._backend) from exc
         return self._json(r)
@@ -303,8 +601,10 @@ class HTTPConnection(BaseModel):
 
     async def _aget(self, url: str, timeout: float | None = None) -> httpx.Response:
         """Async twin of :meth:`_get`."""
+        if self.http_async_client is None:
+            return await self._aio_call("GET", url, None, timeout)
         try:
-            return await self._aclient.get(url, **self._request_kwargs(timeout))
+            return await self.http_async_client.get(url, **self._request_kwargs(timeout))
         except httpx.HTTPError as exc:
             raise from_httpx_error(exc, backend=self._backend) from exc
 
@@ -322,7 +622,7 @@ class HTTPConnection(BaseModel):
                 if r.status_code >= 400:
                     r.read()
                     raise from_response(r, backend=self._backend)
-                yield from events(r.iter_lines(), backend=self._backend)
+                yield from events(iter_lines(r.iter_text()), backend=self._backend)
         except httpx.HTTPError as exc:
             raise from_httpx_error(exc, backend=self._backend) from exc
 
@@ -330,25 +630,59 @@ class HTTPConnection(BaseModel):
         self, url: str, body: dict[str, Any], events: AsyncEventParser
     ) -> AsyncIterator[dict[str, Any]]:
         """Async twin of :meth:`_sse`."""
+        if self.http_async_client is None:
+            async for event in self._aio_sse(url, body, events):
+                yield event
+            return
+        client = self.http_async_client
         try:
-            async with self._aclient.stream("POST", url, json=body, **self._request_kwargs()) as r:
+            async with client.stream("POST", url, json=body, **self._request_kwargs()) as r:
                 if r.status_code >= 400:
                     await r.aread()
                     raise from_response(r, backend=self._backend)
-                async for event in events(r.aiter_lines(), backend=self._backend):
+                async for event in events(aiter_lines(r.aiter_text()), backend=self._backend):
                     yield event
         except httpx.HTTPError as exc:
             raise from_httpx_error(exc, backend=self._backend) from exc
 
+    async def _aio_sse(
+        self, url: str, body: dict[str, Any], events: AsyncEventParser
+    ) -> AsyncIterator[dict[str, Any]]:
+        """:meth:`_asse` on the aiohttp path. Leaving early closes the connection (the server
+        sees the client go and can stop generating)."""
+        try:
+            resp, raw = await self._aio_send("POST", url, _dumps(body), None)
+            async with resp:
+                if resp.status >= 400:
+                    if raw is None:
+                        raw = await resp.read()
+                    raise from_response(
+                        _as_httpx(resp, raw, httpx.Request("POST", url)), backend=self._backend
+                    )
+                lines = aiter_lines(_aio_text(resp)) if raw is None else _lines_of(raw)
+                async for event in events(lines, backend=self._backend):
+                    yield event
+        except _aio_error_types() as exc:
+            raise from_aiohttp_error(exc, backend=self._backend) from exc
+
     def close(self) -> None:
-        """Close the clients this model opened (injected clients are left alone)."""
+        """Close the sync client this model opened (injected clients are left alone)."""
         if self._sync is not None:
             self._sync.close()
             self._sync = None
 
     async def aclose(self) -> None:
-        """Async twin of :meth:`close`."""
-        if self._async is not None:
-            await self._async.aclose()
-            self._async = None
+        """Close what this model opened: its sync client, and the shared async session of the
+        running loop (the models that share it open a new one on their next call)."""
+        await aclose_sessions()
         self.close()
+
+
+def _dumps(body: dict[str, Any]) -> bytes:
+    """A JSON body as httpx's ``json=`` encodes it (compact, UTF-8, no NaN)."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+async def _lines_of(raw: bytes) -> AsyncIterator[str]:
+    for line in iter_lines([raw.decode("utf-8", "replace")]):
+        yield line

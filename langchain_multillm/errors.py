@@ -23,12 +23,15 @@ ModelRateLimitError``) catches ours, and ``is_retryable`` keeps LangChain's mean
 
 SDK errors are translated in one place per SDK family: :func:`from_httpx_error`,
 :func:`from_response` and :func:`from_status` for everything that speaks HTTP through httpx;
+:func:`from_aiohttp_error` for aiohttp (the HTTP backends' default async client, and under
+google-genai and the openai SDK);
 :func:`from_openai_error` for the ``openai`` SDK (Azure OpenAI); :func:`from_genai_error` for
 the ``google-genai`` SDK (Gemini); :func:`from_vllm_error` for the in-process vLLM engine.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
@@ -335,6 +338,147 @@ def from_httpx_error(exc: Exception, *, backend: str | None = None) -> MultiLLME
     return BackendError(f"{type(exc).__name__}: {exc}", backend=backend)
 
 
+# --------------------------------------------------------------------------- aiohttp
+
+# Every exception class aiohttp exports (``aiohttp`` and ``aiohttp.http_exceptions``), by
+# module and name; a test fails when aiohttp adds one this table lacks. The HTTP backends'
+# default async path runs on aiohttp, and google-genai and the openai SDK's aiohttp client
+# raise (or chain) these. Classes are chosen as for the httpx twin of each failure: a broken
+# connection is unavailable, a broken protocol too, a bad URL a bad request. Names an installed
+# aiohttp lacks are skipped.
+AIOHTTP_ERROR_NAMES: dict[str, tuple[type[MultiLLMError], str]] = {
+    "aiohttp.ConnectionTimeoutError": (BackendTimeoutError, "connect timed out"),
+    "aiohttp.SocketTimeoutError": (BackendTimeoutError, "read timed out"),
+    "aiohttp.ServerTimeoutError": (BackendTimeoutError, "timed out"),
+    "aiohttp.ClientConnectorCertificateError": (
+        BackendUnavailableError,
+        "TLS certificate verification failed",
+    ),
+    "aiohttp.ClientConnectorSSLError": (BackendUnavailableError, "TLS handshake failed"),
+    "aiohttp.ClientSSLError": (BackendUnavailableError, "TLS error"),
+    "aiohttp.ClientConnectorDNSError": (BackendUnavailableError, "could not resolve the host"),
+    "aiohttp.ClientProxyConnectionError": (BackendUnavailableError, "proxy error"),
+    "aiohttp.client_exceptions.UnixClientConnectorError": (
+        BackendUnavailableError,
+        "could not connect",
+    ),
+    "aiohttp.ClientConnectorError": (BackendUnavailableError, "could not connect"),
+    "aiohttp.ClientConnectionResetError": (BackendUnavailableError, "connection reset"),
+    "aiohttp.ClientOSError": (BackendUnavailableError, "connection error"),
+    "aiohttp.ServerDisconnectedError": (
+        BackendUnavailableError,
+        "the server closed the connection",
+    ),
+    "aiohttp.ServerFingerprintMismatch": (BackendUnavailableError, "TLS fingerprint mismatch"),
+    "aiohttp.ServerConnectionError": (BackendUnavailableError, "connection error"),
+    "aiohttp.ClientConnectionError": (BackendUnavailableError, "connection error"),
+    "aiohttp.ClientPayloadError": (BackendUnavailableError, "connection broke while reading"),
+    "aiohttp.UploadAbortedError": (BackendUnavailableError, "connection broke while writing"),
+    "aiohttp.ClientHttpProxyError": (BackendUnavailableError, "proxy error"),
+    "aiohttp.TooManyRedirects": (BackendError, "too many redirects"),
+    "aiohttp.ContentTypeError": (BackendError, "unexpected content type"),
+    "aiohttp.WSServerHandshakeError": (BackendError, "websocket handshake failed"),
+    "aiohttp.ClientResponseError": (BackendUnavailableError, "the server broke the protocol"),
+    "aiohttp.InvalidUrlRedirectClientError": (BackendError, "invalid redirect URL"),
+    "aiohttp.NonHttpUrlRedirectClientError": (BackendError, "redirect to a non-HTTP URL"),
+    "aiohttp.RedirectClientError": (BackendError, "bad redirect"),
+    "aiohttp.InvalidUrlClientError": (BadRequestError, "invalid URL"),
+    "aiohttp.InvalidURL": (BadRequestError, "invalid URL"),
+    "aiohttp.NonHttpUrlClientError": (BackendUnavailableError, "unsupported URL scheme"),
+    "aiohttp.WSMessageTypeError": (BackendError, "unexpected websocket message"),
+    "aiohttp.WebSocketError": (BackendError, "websocket error"),
+    "aiohttp.EofStream": (BackendUnavailableError, "the stream ended"),
+    "aiohttp.ClientError": (BackendError, "HTTP client error"),
+    "aiohttp.http_exceptions.ContentEncodingError": (BackendError, "could not decode the response"),
+    "aiohttp.http_exceptions.DecompressSizeError": (BackendError, "could not decode the response"),
+    "aiohttp.http_exceptions.ContentLengthError": (
+        BackendUnavailableError,
+        "connection broke while reading",
+    ),
+    "aiohttp.http_exceptions.TransferEncodingError": (
+        BackendUnavailableError,
+        "connection broke while reading",
+    ),
+    "aiohttp.http_exceptions.PayloadEncodingError": (
+        BackendUnavailableError,
+        "the server broke the protocol",
+    ),
+    "aiohttp.http_exceptions.BadHttpMethod": (BackendError, "invalid request for the protocol"),
+    "aiohttp.http_exceptions.BadStatusLine": (
+        BackendUnavailableError,
+        "the server broke the protocol",
+    ),
+    "aiohttp.http_exceptions.InvalidHeader": (
+        BackendUnavailableError,
+        "the server broke the protocol",
+    ),
+    "aiohttp.http_exceptions.InvalidURLError": (BadRequestError, "invalid URL"),
+    "aiohttp.http_exceptions.LineTooLong": (
+        BackendUnavailableError,
+        "the server broke the protocol",
+    ),
+    "aiohttp.http_exceptions.HttpBadRequest": (BackendError, "invalid request for the protocol"),
+    "aiohttp.http_exceptions.BadHttpMessage": (
+        BackendUnavailableError,
+        "the server broke the protocol",
+    ),
+    "aiohttp.http_exceptions.HttpProcessingError": (
+        BackendUnavailableError,
+        "the server broke the protocol",
+    ),
+}
+
+
+@functools.cache
+def aiohttp_errors() -> ErrorTable:
+    """:data:`AIOHTTP_ERROR_NAMES` resolved against the installed aiohttp (empty without it)."""
+    import importlib
+
+    table: ErrorTable = {}
+    for path, target in AIOHTTP_ERROR_NAMES.items():
+        module_name, _, name = path.rpartition(".")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        table.update(_resolve(module, {name: target}))
+    return table
+
+
+def from_aiohttp_error(exc: BaseException, *, backend: str | None = None) -> MultiLLMError:
+    """Translate an aiohttp exception (or the timeout or socket error under it) into the tree,
+    through :data:`AIOHTTP_ERROR_NAMES` (most specific first)."""
+    if isinstance(exc, MultiLLMError):
+        return exc
+    try:
+        text = str(exc)
+    except Exception:  # an aiohttp error made without its connection key or request info
+        text = type(exc).__name__
+    for klass in type(exc).__mro__:
+        target = aiohttp_errors().get(klass)
+        if target is not None:
+            cls, what = target
+            return cls(f"{what}: {text}" if text else what, backend=backend)
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):  # a total timeout
+        return BackendTimeoutError(f"timed out: {text}" if text else "timed out", backend=backend)
+    if isinstance(exc, OSError):
+        what = "connection error"
+        return BackendUnavailableError(f"{what}: {text}" if text else what, backend=backend)
+    return BackendError(f"{type(exc).__name__}: {text}", backend=backend)
+
+
+def aiohttp_cause(exc: BaseException) -> BaseException | None:
+    """The aiohttp exception an SDK error was raised from (its ``__cause__`` chain), if any:
+    it says what failed more exactly than the SDK's wrapper."""
+    seen = 0
+    cause = exc.__cause__
+    while cause is not None and seen < 8:
+        if type(cause).__module__.split(".")[0] == "aiohttp":
+            return cause
+        cause, seen = cause.__cause__, seen + 1
+    return None
+
+
 def malformed_body(detail: str, *, body: Any = None, backend: str | None = None) -> BackendError:
     """The error for a 2xx body that is not what the protocol promises."""
     return BackendError(f"malformed response body: {detail}", body=body, backend=backend)
@@ -396,6 +540,10 @@ def _by_table(exc: BaseException, table: ErrorTable, backend: str | None) -> Mul
             for httpx_cls, (cls, what) in HTTPX_ERRORS.items():
                 if httpx_cls.__name__ == klass.__name__:
                     return cls(f"{what}: {exc}" if str(exc) else what, backend=backend)
+    if type(exc).__module__.split(".")[0] == "aiohttp" or isinstance(
+        exc, (TimeoutError, asyncio.TimeoutError)
+    ):
+        return from_aiohttp_error(exc, backend=backend)
     return BackendError(f"{type(exc).__name__}: {exc}", backend=backend)
 
 
@@ -460,6 +608,9 @@ def from_openai_error(exc: BaseException, *, backend: str | None = None) -> Mult
             headers=getattr(response, "headers", None),
             backend=backend,
         )
+    cause = aiohttp_cause(exc)  # the SDK's aiohttp client: what broke, not "connection error"
+    if cause is not None:
+        return from_aiohttp_error(cause, backend=backend)
     return _by_table(exc, openai_errors(), backend)
 
 

@@ -36,7 +36,7 @@ from langchain_core.utils import from_env, secret_from_env
 from pydantic import Field, PrivateAttr, SecretStr, model_validator
 
 from langchain_multillm._base import ChatRequest, Prompt
-from langchain_multillm._http import check_url
+from langchain_multillm._http import check_url, openai_aiohttp_client
 from langchain_multillm._openai import (
     ChatStream,
     OpenAIToolsMixin,
@@ -463,6 +463,8 @@ class ChatAzureOpenAI(OpenAIToolsMixin):
                 )
             if self.http_async_client is not None:
                 kw["http_client"] = self.http_async_client
+            else:  # aiohttp, the shared session of the loop (the SDK's own httpx is slower)
+                kw["http_client"] = openai_aiohttp_client()
             self._async_loop = loop
             self._async = AsyncAzureOpenAI(**kw)
         return self._async

@@ -575,30 +575,6 @@ def test_tool_call_with_arguments_that_are_not_an_object_is_invalid(args: str) -
     assert msg.invalid_tool_calls[0]["name"] == "f" and msg.invalid_tool_calls[0]["args"] == args
 
 
-def test_async_client_follows_the_event_loop() -> None:
-    fake = FakeServer()
-    transport = httpx.MockTransport(fake.handler)
-    m = ChatVLLMServer(model="m", base_url=BASE, max_retries=0)
-    # Replace the transport of every async client the model creates with the fake's.
-    import langchain_multillm._http as h
-
-    orig = h.client_kwargs
-
-    def kw(*a, **k):
-        out = orig(*a, **k)
-        out["transport"] = transport
-        return out
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr("langchain_multillm._http.client_kwargs", kw)
-    try:
-        first = asyncio.run(m.ainvoke("hi"))
-        second = asyncio.run(m.ainvoke("hi"))  # a new loop: a new client, no "loop is closed"
-    finally:
-        mp.undo()
-    assert first.content == second.content == "hello"
-
-
 def test_stream_without_usage_is_counted_by_tokenize_sync_and_async() -> None:
     fake = FakeServer()
     fake.chat = [httpx.Response(200, content=sse([chunk("hello"), chunk(finish="stop")]))]
