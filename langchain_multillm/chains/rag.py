@@ -15,14 +15,13 @@ from typing import Any, Literal, cast
 
 from langchain_core.callbacks import AsyncCallbackManagerForChainRun, CallbackManagerForChainRun
 from langchain_core.documents import Document
-from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models import LanguageModelInput
 from langchain_core.messages import BaseMessage, HumanMessage, convert_to_messages
 from langchain_core.prompts import BasePromptTemplate, ChatPromptTemplate, MessagesPlaceholder
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import run_in_executor
 from langchain_core.runnables.utils import AddableDict
 
-from langchain_multillm._base import ModelSurface
 from langchain_multillm.chains._budget import Budget
 from langchain_multillm.chains._text import sentence_cuts
 from langchain_multillm.errors import ContextWindowExceededError, InvalidInputError
@@ -48,6 +47,10 @@ DEFAULT_RAG_PROMPT = ChatPromptTemplate.from_messages(
 """The default prompt: instructions, the history, then the numbered documents and the question."""
 
 PROMPT_VARIABLES = {"context", "question", "chat_history"}
+
+DEFAULT_ANSWER_TOKENS = 512
+"""Output tokens kept for the answer when neither ``answer_tokens`` nor the model's own
+``max_tokens`` is set: 512, or a quarter of the context window where that is less."""
 
 NO_DOCUMENTS = "I don't know: the retriever found no documents for this question."
 NONE_FIT = (
@@ -111,11 +114,11 @@ class RAGChain(Runnable[dict[str, Any], dict[str, Any]]):
 
     def __init__(
         self,
-        llm: BaseChatModel,
+        llm: Runnable[LanguageModelInput, BaseMessage],
         retriever: Runnable[str, list[Document]],
         *,
         prompt: BasePromptTemplate,
-        answer_tokens: int,
+        answer_tokens: int | None,
         on_overflow: OnOverflow,
         context_window: int | None,
     ) -> None:
@@ -188,15 +191,50 @@ class RAGChain(Runnable[dict[str, Any], dict[str, Any]]):
                 hi = mid - 1
         return best
 
+    def answer_budget(self) -> tuple[int, dict[str, Any]]:
+        """The output tokens kept free for the answer, and the keyword arguments of the call.
+
+        ``answer_tokens`` when given (sent as ``max_tokens`` to this package's models); else
+        the model's own ``max_tokens`` (bound or set on it; with fallbacks, the largest), which
+        the model already applies, so nothing is sent; where a model has none,
+        :data:`DEFAULT_ANSWER_TOKENS`. Never more than the models' ``max_output_tokens``.
+        """
+        budget = self.budget
+        limits = budget.limits()
+        if self.answer_tokens is not None:
+            answer, send = self.answer_tokens, True
+        else:
+            default = DEFAULT_ANSWER_TOKENS
+            if limits.context_window is not None:
+                default = max(1, min(default, limits.context_window // 4))
+            answer = max(n if n is not None else default for n in budget.max_tokens())
+            send = False
+        if limits.max_output_tokens is not None and answer > limits.max_output_tokens:
+            answer, send = limits.max_output_tokens, True
+        return answer, ({"max_tokens": answer} if send and budget.sends_max_tokens else {})
+
+    def _answer_hint(self, answer: int) -> str:
+        """Where the ``answer`` tokens kept for the answer come from, for a refusal."""
+        own = [n for n in self.budget.max_tokens() if n is not None]
+        if self.answer_tokens is not None:
+            where = f"answer_tokens={self.answer_tokens}"
+        elif own and answer == max(own):
+            where = "answer_tokens unset: the model's own max_tokens"
+        elif own or answer != self.budget.limits().max_output_tokens:
+            where = "answer_tokens unset, and the model sets no max_tokens"
+        else:
+            where = "answer_tokens unset: the model's max_output_tokens"
+        return (
+            f"{answer} tokens are kept free for the answer ({where}); pass a smaller "
+            f"answer_tokens, or ask a shorter question"
+        )
+
     def pack(
         self, question: str, history: list[BaseMessage], retrieved: Sequence[Document]
     ) -> Packed:
         """Choose what goes into the prompt (counts only; no generation)."""
-        budget, answer = self.budget, self.answer_tokens
-        limits = budget.limits()
-        if limits.max_output_tokens is not None:
-            answer = min(answer, limits.max_output_tokens)
-        kwargs = {"max_tokens": answer} if isinstance(self.llm, ModelSurface) else {}
+        budget = self.budget
+        answer, kwargs = self.answer_budget()
         docs = [d for d in retrieved if d.page_content.strip()]
 
         if not docs:
@@ -225,7 +263,7 @@ class RAGChain(Runnable[dict[str, Any], dict[str, Any]]):
             report = budget.fit(self._render(question, history, []), answer)
             raise ContextWindowExceededError(
                 f"the question does not fit the model even without documents or history: "
-                f"{report.reason}",
+                f"{report.reason}. {self._answer_hint(answer)}",
                 prompt_tokens=base,
                 max_tokens=answer,
                 limit=room,
@@ -379,25 +417,31 @@ class RAGChain(Runnable[dict[str, Any], dict[str, Any]]):
 
 
 def create_rag_chain(
-    llm: BaseChatModel,
+    llm: Runnable[LanguageModelInput, BaseMessage],
     retriever: Runnable[str, list[Document]],
     *,
     prompt: BasePromptTemplate | None = None,
-    answer_tokens: int = 512,
+    answer_tokens: int | None = None,
     on_overflow: OnOverflow = "cut",
     context_window: int | None = None,
 ) -> RAGChain:
     """A Runnable that answers a question from retrieved documents, with numbered citations.
 
     Args:
-        llm: any LangChain chat model; this package's models count exactly with their own
-            tokenizer, others with a conservative estimate.
+        llm: any LangChain chat model, or one wrapped by ``bind``, ``with_config``,
+            ``with_retry`` or ``with_fallbacks`` (the chain calls the wrapper, and counts
+            through the models inside, with the ``max_tokens`` and tools bound; with fallbacks
+            the budget holds for every model that may answer). This package's models count
+            exactly with their own tokenizer, others with a conservative estimate.
         retriever: any LangChain retriever (or Runnable from a query to documents), best first.
         prompt: a prompt taking ``context`` and ``question`` (and optionally ``chat_history``);
             the default numbers the documents, asks for ``[n]`` citations and for "I don't
             know" when the documents do not answer.
-        answer_tokens: output tokens kept free for the answer (and sent as ``max_tokens`` to
-            this package's models).
+        answer_tokens: output tokens kept free for the answer, and sent as ``max_tokens`` to
+            this package's models. Unset (``None``): the model's own ``max_tokens`` (bound or
+            set on it; the largest among fallbacks), left to the model to apply; where a model
+            sets none, 512, or a quarter of the context window where that is less. Never more
+            than the model's ``max_output_tokens``.
         on_overflow: a document that does not fit whole is ``"cut"`` at a sentence boundary,
             or ``"drop"``-ped.
         context_window: the window of a chat model from another package that declares none.
@@ -406,9 +450,11 @@ def create_rag_chain(
     ``{"answer", "sources": [{"id", "content", "metadata"}], "fit", "dropped", "cut",
     "history_dropped"}``; ``stream`` yields ``{"answer": delta}`` then the rest in one chunk.
     """
-    if not isinstance(answer_tokens, int) or answer_tokens <= 0:
+    if answer_tokens is not None and (
+        not isinstance(answer_tokens, int) or isinstance(answer_tokens, bool) or answer_tokens <= 0
+    ):
         raise InvalidInputError(
-            "answer_tokens", f"must be a positive integer; got {answer_tokens!r}"
+            "answer_tokens", f"must be a positive integer or None; got {answer_tokens!r}"
         )
     if on_overflow not in ("cut", "drop"):
         raise InvalidInputError("on_overflow", f"must be 'cut' or 'drop'; got {on_overflow!r}")

@@ -14,12 +14,11 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from langchain_core.callbacks import CallbackManagerForChainRun
-from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models import LanguageModelInput
 from langchain_core.messages import BaseMessage
 from langchain_core.prompts import BasePromptTemplate, ChatPromptTemplate
 from langchain_core.runnables import Runnable, RunnableConfig
 
-from langchain_multillm._base import ModelSurface
 from langchain_multillm.chains._budget import Budget
 from langchain_multillm.chains._text import merge, pieces_within, split_speakers
 from langchain_multillm.errors import ContextWindowExceededError, InvalidInputError
@@ -72,7 +71,7 @@ class SummarizeChain(Runnable[Any, dict[str, Any]]):
 
     def __init__(
         self,
-        llm: BaseChatModel,
+        llm: Runnable[LanguageModelInput, BaseMessage],
         *,
         turn_tokens: int,
         max_turns: int | None,
@@ -135,13 +134,14 @@ class SummarizeChain(Runnable[Any, dict[str, Any]]):
             report = self.budget.fit(messages, self.summary_tokens)
             if not report.fits:
                 raise ContextWindowExceededError(
-                    f"a summarization prompt does not fit: {report.reason}",
+                    f"a summarization prompt does not fit: {report.reason}; lower turn_tokens or "
+                    f"summary_tokens (now {self.summary_tokens})",
                     prompt_tokens=report.prompt_tokens,
                     max_tokens=self.summary_tokens,
                     fit=report,
                     backend="summarize",
                 )
-        kwargs = {"max_tokens": self.summary_tokens} if isinstance(self.llm, ModelSurface) else {}
+        kwargs = {"max_tokens": self.summary_tokens} if self.budget.sends_max_tokens else {}
         outs = self.llm.batch(prompts, config, **kwargs)  # type: ignore[arg-type]
         return [m.text.strip() for m in outs]
 
@@ -198,7 +198,7 @@ class SummarizeChain(Runnable[Any, dict[str, Any]]):
 
 
 def create_summarize_chain(
-    llm: BaseChatModel,
+    llm: Runnable[LanguageModelInput, BaseMessage],
     *,
     turn_tokens: int = 250,
     max_turns: int | None = None,
@@ -211,7 +211,10 @@ def create_summarize_chain(
     """A Runnable that summarizes a long text or transcript with prompts that all fit.
 
     Args:
-        llm: any LangChain chat model; this package's models count exactly.
+        llm: any LangChain chat model, or one wrapped by ``bind``, ``with_config``,
+            ``with_retry`` or ``with_fallbacks`` (the chain calls the wrapper, and counts
+            through the models inside; with fallbacks every prompt fits every model that may
+            answer). This package's models count exactly.
         turn_tokens: the size of the turns the text is split into.
         max_turns: refuse (``InvalidInputError``, before any call) a text longer than this.
         mode: ``"map_reduce"`` (groups summarized in one batch, then reduced) or ``"refine"``.

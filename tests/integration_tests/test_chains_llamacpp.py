@@ -10,7 +10,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import Document
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
-from langchain_multillm import ChatLlamaCpp
+from langchain_multillm import ChatLlamaCpp, ContextWindowExceededError
 from langchain_multillm.chains import create_rag_chain, create_summarize_chain
 from tests.unit_tests.chain_fakes import ListRetriever
 
@@ -85,7 +85,7 @@ def test_answer_streams_then_sources(chat: ChatLlamaCpp) -> None:
     chain = create_rag_chain(chat, ListRetriever(documents=docs), answer_tokens=40)
     chunks = list(chain.stream({"question": "How tall is the Eiffel Tower?"}))
     answer = "".join(c.get("answer", "") for c in chunks)
-    assert "330" in answer
+    assert answer.strip()  # what it says is the tiny model's skill: not asserted
     final = chunks[-1]
     assert [s["metadata"]["title"] for s in final["sources"]] == ["Height", "Bananas"]
     assert final["fit"].fits and final["fit"].context_window == 2048
@@ -107,3 +107,62 @@ def test_summarizer_every_prompt_fits_the_real_window(chat: ChatLlamaCpp) -> Non
     assert len(seen.sent) >= 3
     for messages in seen.sent:
         assert chat.count_tokens(messages) + 80 <= 2048
+
+
+# ---- a small window: the answer budget is the model's own max_tokens ----
+
+
+@pytest.fixture(scope="module")
+def small(llama_cpp_available: str) -> ChatLlamaCpp:
+    return ChatLlamaCpp(
+        model_path=llama_cpp_available, n_ctx=512, max_tokens=48, temperature=0, seed=1
+    )
+
+
+def assert_answered_within(out: dict[str, Any], seen: Prompts, window: int, kept: int) -> None:
+    assert isinstance(out["answer"], str)
+    assert out["fit"].fits and out["fit"].max_tokens == kept
+    assert out["fit"].context_window == window
+    assert out["sources"]  # documents were packed, not just the question
+    assert len(seen.sent) == 1
+
+
+def test_rag_on_a_512_token_window_answers_with_the_models_max_tokens(
+    small: ChatLlamaCpp,
+) -> None:
+    # Before: 512 tokens were kept for the answer whatever the model's max_tokens, so every
+    # question was refused on this window.
+    docs = [Document(" ".join(FACTS * 20), metadata={"title": "Eiffel"}), Document(FACTS[1])]
+    seen = Prompts()
+    chain = create_rag_chain(small, ListRetriever(documents=docs))
+    out = chain.invoke({"question": "How tall is the Eiffel Tower?"}, {"callbacks": [seen]})
+    assert_answered_within(out, seen, 512, 48)
+    assert small.count_tokens(seen.sent[0]) + 48 <= 512
+    assert out["cut"] + out["dropped"] >= 1  # the window, not the documents, was the limit
+    with pytest.raises(ContextWindowExceededError, match="answer_tokens=512"):
+        create_rag_chain(small, ListRetriever(documents=docs), answer_tokens=512).invoke("Why?")
+
+
+@pytest.mark.parametrize(
+    ("wrap", "kept"),
+    [
+        (lambda m, other: m.bind(max_tokens=32), 32),
+        (lambda m, other: m.with_config(tags=["rag"]), 48),
+        (lambda m, other: m.with_retry(stop_after_attempt=2), 48),
+        (lambda m, other: other.with_fallbacks([m]), 64),
+    ],
+    ids=["bind", "with_config", "with_retry", "with_fallbacks"],
+)
+def test_rag_through_a_wrapped_real_model(
+    small: ChatLlamaCpp, llama_cpp_available: str, wrap: Any, kept: int
+) -> None:
+    # The fallbacks' first model has a window of 2048 and max_tokens=64: the budget holds for
+    # both models, so the tightest window (512) and the largest max_tokens (64) are kept.
+    wide = ChatLlamaCpp(model_path=llama_cpp_available, max_tokens=64, temperature=0, seed=1)
+    docs = [Document(" ".join(FACTS * 6), metadata={"title": "Eiffel"})]
+    seen = Prompts()
+    out = create_rag_chain(wrap(small, wide), ListRetriever(documents=docs)).invoke(
+        {"question": "How tall is the Eiffel Tower?"}, {"callbacks": [seen]}
+    )
+    assert_answered_within(out, seen, 512, kept)
+    assert small.count_tokens(seen.sent[0]) + kept <= 512

@@ -15,11 +15,17 @@ from pydantic import PrivateAttr
 
 
 class EchoChat(BaseChatModel):
-    """Answers with the first ``words`` words of the last message; records every prompt."""
+    """Answers with the first ``words`` words of the last message; records every prompt (and
+    the keyword arguments of every call); the first ``failures`` calls raise ``error``."""
 
     words: int = 12
     reply: str | None = None
+    max_tokens: int | None = None
+    failures: int = 0
+    error: type[Exception] = ConnectionError
     _calls: list[list[BaseMessage]] = PrivateAttr(default_factory=list)
+    _kwargs: list[dict[str, Any]] = PrivateAttr(default_factory=list)
+    _attempts: int = PrivateAttr(default=0)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     @property
@@ -28,11 +34,26 @@ class EchoChat(BaseChatModel):
 
     @property
     def calls(self) -> list[list[BaseMessage]]:
+        """The prompts of the calls that answered."""
         return self._calls
 
-    def _answer(self, messages: list[BaseMessage]) -> str:
+    @property
+    def call_kwargs(self) -> list[dict[str, Any]]:
+        """The keyword arguments of the calls that answered."""
+        return self._kwargs
+
+    @property
+    def attempts(self) -> int:
+        """Every call, failed or not."""
+        return self._attempts
+
+    def _answer(self, messages: list[BaseMessage], kwargs: dict[str, Any]) -> str:
         with self._lock:
+            self._attempts += 1
+            if self._attempts <= self.failures:
+                raise self.error(f"attempt {self._attempts} fails")
             self._calls.append(list(messages))
+            self._kwargs.append(dict(kwargs))
         if self.reply is not None:
             return self.reply
         return " ".join(messages[-1].text.split()[: self.words])
@@ -40,12 +61,13 @@ class EchoChat(BaseChatModel):
     def _generate(
         self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
     ) -> ChatResult:
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(self._answer(messages)))])
+        answer = self._answer(messages, kw)
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(answer))])
 
     def _stream(
         self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
     ) -> Any:
-        for i, word in enumerate(self._answer(messages).split(" ")):
+        for i, word in enumerate(self._answer(messages, kw).split(" ")):
             yield ChatGenerationChunk(message=AIMessageChunk(content=(" " if i else "") + word))
 
 

@@ -1,20 +1,27 @@
-"""create_rag_chain with a chat model of another package (the conservative estimate)."""
+"""create_rag_chain with a chat model of another package (the conservative estimate), with
+this package's vLLM client on the in-process fake server (exact counts), and wrapped models."""
 
 from __future__ import annotations
 
 import random
+from typing import Any
 
+import httpx
 import pytest
+from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import Document
-from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.messages import AIMessage, HumanMessage, convert_to_messages
+from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda
 
 from langchain_multillm import ContextWindowExceededError, InvalidInputError
+from langchain_multillm.backends.vllm_server import ChatVLLMServer
 from langchain_multillm.chains import create_rag_chain
 from langchain_multillm.chains._budget import Budget
 from langchain_multillm.chains.rag import NO_DOCUMENTS
 from tests.unit_tests.chain_fakes import EchoChat, ListRetriever
+from tests.unit_tests.fake_server import FakeServer, completion
 
 SENTENCES = [f"Fact number {i} is that the value of item {i} is {i * 7}." for i in range(400)]
 
@@ -238,3 +245,151 @@ def test_property_random_documents_never_overflow() -> None:
             answered += 1
             assert Budget(llm, window).count(llm.calls[0]) + answer <= window
     assert answered > 100
+
+
+# ---- the answer budget: the model's own max_tokens by default ----
+
+
+def vllm(fake: FakeServer, **kwargs: Any) -> ChatVLLMServer:
+    """This package's vLLM client on the in-process fake server (exact counts, known window)."""
+    return ChatVLLMServer(model="m", **fake.clients(), **kwargs)
+
+
+TWO_DOCS = [doc(2, 0, title="A"), doc(2, 10, title="B")]
+
+
+def test_default_answer_budget_is_the_models_own_max_tokens() -> None:
+    fake = FakeServer(window=600)
+    llm = vllm(fake, max_tokens=48)
+    out = create_rag_chain(llm, ListRetriever(documents=TWO_DOCS)).invoke("What is item 1?")
+    assert out["fit"].fits and out["fit"].max_tokens == 48
+    assert out["fit"].prompt_tokens + 48 <= 600 and out["sources"]
+    assert fake.bodies[-1]["max_tokens"] == 48  # the model's own, applied by the model
+    # 512 kept for the answer of a 600-token window leaves no room for the question
+    with pytest.raises(ContextWindowExceededError) as info:
+        create_rag_chain(llm, ListRetriever(documents=TWO_DOCS), answer_tokens=512).invoke("q?")
+    assert "answer_tokens=512" in str(info.value)
+    assert len(fake.bodies) == 1  # refused before any request
+
+
+def test_a_bound_max_tokens_is_the_models_own() -> None:
+    fake = FakeServer(window=600)
+    llm = vllm(fake, max_tokens=300).bind(max_tokens=40)
+    out = create_rag_chain(llm, ListRetriever(documents=TWO_DOCS)).invoke("What is item 1?")
+    assert out["fit"].max_tokens == 40 and fake.bodies[-1]["max_tokens"] == 40
+
+
+def test_answer_tokens_given_is_sent_to_this_packages_models() -> None:
+    fake = FakeServer(window=2000)
+    llm = vllm(fake, max_tokens=48)
+    out = create_rag_chain(llm, ListRetriever(documents=TWO_DOCS), answer_tokens=100).invoke("q")
+    assert out["fit"].max_tokens == 100 and fake.bodies[-1]["max_tokens"] == 100
+
+
+@pytest.mark.parametrize(("window", "kept"), [(800, 200), (4000, 512), (None, 512)])
+def test_default_when_the_model_sets_no_max_tokens(window: int | None, kept: int) -> None:
+    llm = EchoChat()
+    out = create_rag_chain(llm, ListRetriever(documents=[doc(1)]), context_window=window).invoke(
+        "q?"
+    )
+    assert out["fit"].max_tokens == kept
+    assert "max_tokens" not in llm.call_kwargs[0]  # another package's model: nothing sent
+
+
+def test_a_foreign_models_own_max_tokens_is_kept_free_and_not_sent() -> None:
+    llm = EchoChat(max_tokens=64)
+    out = create_rag_chain(llm, ListRetriever(documents=[doc(1)]), context_window=1000).invoke("q")
+    assert out["fit"].max_tokens == 64 and "max_tokens" not in llm.call_kwargs[0]
+
+
+@pytest.mark.parametrize("answer_tokens", [None, 200])
+def test_refusal_names_answer_tokens(answer_tokens: int | None) -> None:
+    llm = EchoChat(max_tokens=200)
+    chain = create_rag_chain(
+        llm, ListRetriever(documents=[doc(3)]), context_window=400, answer_tokens=answer_tokens
+    )
+    with pytest.raises(ContextWindowExceededError, match="answer_tokens") as info:
+        chain.invoke({"question": "why? " * 50})
+    assert "200 tokens are kept free for the answer" in str(info.value)
+    assert llm.calls == []
+
+
+# ---- wrapped models: counted through the models inside, called through the wrapper ----
+
+
+def test_bound_kwargs_reach_the_model_and_count() -> None:
+    llm = EchoChat()
+    out = create_rag_chain(
+        llm.bind(max_tokens=40, stop=["\n"]), ListRetriever(documents=[doc(2)]), context_window=900
+    ).invoke("q?")
+    assert out["fit"].max_tokens == 40
+    assert llm.call_kwargs[0]["max_tokens"] == 40 and llm.calls  # the binding was called
+    tool = {"type": "function", "function": {"name": "t", "description": "x" * 400}}
+    msgs = [HumanMessage("hello")]
+    assert Budget(llm.bind(tools=[tool])).count(msgs) > Budget(llm).count(msgs) + 400
+
+
+def test_with_config_keeps_its_config() -> None:
+    seen: list[list[str]] = []
+
+    class Tags(BaseCallbackHandler):
+        def on_chat_model_start(self, serialized: Any, messages: Any, **kw: Any) -> None:
+            seen.append(kw.get("tags") or [])
+
+    llm = EchoChat(reply="ok").with_config(tags=["from-wrapper"], callbacks=[Tags()])
+    out = create_rag_chain(llm, ListRetriever(documents=[doc(1)])).invoke("q?")
+    assert out["answer"] == "ok" and seen and "from-wrapper" in seen[0]
+
+
+def test_with_retry_retries() -> None:
+    llm = EchoChat(reply="third time", failures=2)
+    wrapped = llm.with_retry(retry_if_exception_type=(ConnectionError,), stop_after_attempt=3)
+    out = create_rag_chain(wrapped, ListRetriever(documents=[doc(1)])).invoke("q?")
+    assert out["answer"] == "third time" and llm.attempts == 3
+
+
+def test_with_fallbacks_falls_back_and_the_tightest_window_holds() -> None:
+    wide, narrow = FakeServer(window=4000), FakeServer(window=700)
+    wide.chat = [httpx.Response(500, json={"error": {"message": "boom"}})]
+    narrow.chat = [httpx.Response(200, json=completion("from the fallback"))]
+    primary = vllm(wide, max_retries=0, max_tokens=30)
+    llm = primary.with_fallbacks([vllm(narrow, max_tokens=60)])
+    docs = [doc(20, 0), doc(20, 100)]
+    out = create_rag_chain(llm, ListRetriever(documents=docs)).invoke("What is item 3?")
+    assert out["answer"] == "from the fallback"
+    assert out["fit"].max_tokens == 60  # the largest own max_tokens is kept free
+    assert [b["max_tokens"] for b in wide.bodies + narrow.bodies] == [30, 60]  # each its own
+    assert wide.bodies[0]["messages"] == narrow.bodies[0]["messages"]
+    assert vllm(narrow).count_tokens(convert_to_messages(narrow.bodies[0]["messages"])) <= 700 - 60
+    alone = create_rag_chain(primary, ListRetriever(documents=docs)).pack(
+        "What is item 3?", [], docs
+    )
+    assert len(alone.documents[0].page_content) > len(out["sources"][0]["content"])
+
+
+def test_nested_wrappers() -> None:
+    llm = EchoChat(reply="ok", failures=1)
+    wrapped = (
+        EchoChat(failures=99)
+        .bind(max_tokens=10)
+        .with_fallbacks([llm.bind(max_tokens=20).with_retry(stop_after_attempt=2)])
+        .with_config(run_name="x")
+    )
+    out = create_rag_chain(wrapped, ListRetriever(documents=[doc(1)])).invoke("q?")
+    assert out["answer"] == "ok" and out["fit"].max_tokens == 20
+    assert llm.call_kwargs[0]["max_tokens"] == 20
+
+
+@pytest.mark.parametrize(
+    "llm",
+    [
+        RunnableLambda(lambda x: AIMessage("hi")),
+        EchoChat() | StrOutputParser(),
+        RunnableLambda(lambda x: AIMessage("hi")).with_fallbacks([EchoChat()]),
+        "not a model",
+    ],
+)
+def test_not_a_chat_model_is_refused_by_name(llm: Any) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        create_rag_chain(llm, ListRetriever(documents=[]))
+    assert info.value.field == "llm" and "with_fallbacks" in info.value.problem

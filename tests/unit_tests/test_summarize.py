@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import httpx
 import pytest
+from langchain_core.messages import convert_to_messages
+from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 
 from langchain_multillm import InvalidInputError
+from langchain_multillm.backends.vllm_server import ChatVLLMServer
 from langchain_multillm.chains import create_summarize_chain
 from langchain_multillm.chains._budget import Budget
 from langchain_multillm.chains._text import merge, pieces_within, split_sentences, split_speakers
 from tests.unit_tests.chain_fakes import EchoChat
+from tests.unit_tests.fake_server import FakeServer, completion
 
 SPEAKERS = ["Alice", "Bob", "Carol"]
 
@@ -157,3 +164,55 @@ async def test_ainvoke_matches_invoke() -> None:
     chain = create_summarize_chain(EchoChat(words=8), turn_tokens=150, context_window=1200)
     text = transcript(50)
     assert await chain.ainvoke(text) == chain.invoke(text)
+
+
+# ---- wrapped models: counted through the models inside, called through the wrapper ----
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda m: m.bind(stop=["\n\n"]),
+        lambda m: m.with_config(tags=["t"]),
+        lambda m: m.with_retry(retry_if_exception_type=(ConnectionError,), stop_after_attempt=2),
+        lambda m: EchoChat(failures=10**6).with_fallbacks([m]),
+    ],
+    ids=["bind", "with_config", "with_retry", "with_fallbacks"],
+)
+def test_a_wrapped_model_is_accepted_and_called_through_the_wrapper(wrap: Any) -> None:
+    llm = EchoChat(words=8)
+    chain = create_summarize_chain(wrap(llm), turn_tokens=150, context_window=1200)
+    out = chain.invoke(transcript(50))
+    assert out["summary"] and out["rounds"] >= 2
+    assert_every_prompt_fits(llm, 1200, 256)
+
+
+def test_with_retry_retries_a_failed_group() -> None:
+    llm = EchoChat(reply="summary", failures=1)
+    chain = create_summarize_chain(llm.with_retry(stop_after_attempt=2), context_window=4000)
+    assert chain.invoke("Alice met Bob.")["summary"] == "summary" and llm.attempts == 2
+
+
+def test_with_fallbacks_every_prompt_fits_the_tightest_window() -> None:
+    wide, narrow = FakeServer(window=8000), FakeServer(window=900)
+    wide.chat = [httpx.Response(500, json={"error": {"message": "boom"}})]
+    narrow.chat = [httpx.Response(200, json=completion("partial summary"))]
+    fallback = ChatVLLMServer(model="m", **narrow.clients())
+    primary = ChatVLLMServer(model="m", max_retries=0, **wide.clients())
+    chain = create_summarize_chain(
+        primary.with_fallbacks([fallback]), turn_tokens=150, summary_tokens=100
+    )
+    out = chain.invoke(transcript(80))
+    assert out["summary"] == "partial summary" and out["rounds"] >= 2
+    assert narrow.bodies and all(b["max_tokens"] == 100 for b in narrow.bodies)
+    for body in narrow.bodies:
+        assert fallback.count_tokens(convert_to_messages(body["messages"])) + 100 <= 900
+    # the primary alone packs more text per prompt
+    alone = create_summarize_chain(primary, turn_tokens=150, summary_tokens=100)
+    assert alone._capacity(alone.map_prompt) > chain._capacity(chain.map_prompt)
+
+
+def test_not_a_chat_model_is_refused_by_name() -> None:
+    with pytest.raises(InvalidInputError) as info:
+        create_summarize_chain(EchoChat() | StrOutputParser())
+    assert info.value.field == "llm" and "RunnableSequence" in info.value.problem
