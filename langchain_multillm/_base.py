@@ -4,8 +4,11 @@ A backend fills a few hooks; everything else (input checks, the fit check and it
 retries, stream handling, health) is written once here:
 
 * limits: ``_fetch_limits`` / ``_afetch_limits`` (discovered once, then cached);
-* counting: ``_count_exact`` / ``_acount_exact`` (exact, may ask the server) and
-  ``_count_bound`` (a cheap proven upper bound, no I/O);
+* limits known without I/O (a table, a setting): ``_static_limits`` (fills ``profile`` and the
+  limit fields at construction);
+* counting: ``_count_exact`` / ``_acount_exact`` (exact, may ask the server),
+  ``_count_bound`` (a cheap proven upper bound, no I/O) and ``_max_token_bytes`` (the longest
+  token of the vocabulary, in bytes, for the lower bound; None where the vocabulary is unknown);
 * health: ``_health`` / ``_ahealth``;
 * chat: ``_chat`` / ``_achat`` / ``_chat_stream`` / ``_achat_stream`` taking a :class:`ChatRequest`;
 * completion: ``_complete`` / ``_acomplete`` / ``_complete_stream`` / ``_acomplete_stream``.
@@ -47,22 +50,27 @@ from langchain_core.outputs import (
     LLMResult,
 )
 from langchain_core.prompt_values import PromptValue
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from typing_extensions import Self
 
 from langchain_multillm._retry import acall, afirst_of, call, first_of
 from langchain_multillm.errors import (
+    ContextWindowExceededError,
     IncompleteResponseError,
     InvalidInputError,
     MultiLLMError,
     MultiLLMWarning,
 )
 from langchain_multillm.fit import (
+    UNKNOWN_MAX_TOKEN_BYTES,
     ContextOverflowPolicy,
     FitReport,
     Limits,
     check_policy,
     decide,
     enforce,
+    lower_bound,
+    undecided,
 )
 from langchain_multillm.health import HealthReport, describe, down
 
@@ -255,6 +263,20 @@ class ModelSurface(BaseModel):
         """A proven upper bound on the count without I/O, or None."""
         return None
 
+    def _max_token_bytes(self) -> int | None:
+        """Bytes of the vocabulary's longest token (no network I/O), or None where unknown
+        (then :data:`~langchain_multillm.fit.UNKNOWN_MAX_TOKEN_BYTES` is assumed)."""
+        return None
+
+    def _count_lower(self, prompt: Prompt) -> int:
+        """A proven lower bound on the count, without I/O."""
+        return lower_bound(prompt, self._max_token_bytes() or UNKNOWN_MAX_TOKEN_BYTES)
+
+    def _static_limits(self) -> Limits | None:
+        """Limits known without I/O (a table, a setting), or None: they fill ``profile`` and the
+        limit fields as soon as the model is built."""
+        return None
+
     def _health(self) -> HealthReport:
         raise NotImplementedError
 
@@ -265,6 +287,13 @@ class ModelSurface(BaseModel):
         return getattr(self, "model_name", None) or getattr(self, "model", None)
 
     # ---- limits ----
+    @model_validator(mode="after")
+    def _limits_without_io(self) -> Self:
+        static = self._static_limits()
+        if static is not None and static.known:
+            self._merge_limits(static)
+        return self
+
     def _merge_limits(self, found: Limits) -> Limits:
         limits = Limits(
             context_window=self.context_window or found.context_window,
@@ -276,17 +305,22 @@ class ModelSurface(BaseModel):
         return limits
 
     def _on_limits(self, limits: Limits) -> None:
-        """Fill ``context_window`` and LangChain's ``profile`` once the limits are known."""
-        if self.context_window is None and limits.context_window is not None:
-            object.__setattr__(self, "context_window", limits.context_window)
+        """Fill the limit fields and LangChain's ``profile`` once the limits are known.
+
+        ``profile["max_input_tokens"]`` is the input limit, else the window (a prompt can take
+        no more); ``profile["max_output_tokens"]`` only where the backend limits output apart
+        (a window alone does not say how much of it an answer may take).
+        """
+        for name in ("context_window", "max_input_tokens", "max_output_tokens"):
+            if getattr(self, name) is None and getattr(limits, name) is not None:
+                object.__setattr__(self, name, getattr(limits, name))
         if hasattr(self, "profile"):
             profile = dict(getattr(self, "profile", None) or {})
             max_in = limits.max_input_tokens or limits.context_window
             if max_in is not None:
                 profile.setdefault("max_input_tokens", max_in)
-            max_out = limits.max_output_tokens or limits.context_window
-            if max_out is not None:
-                profile.setdefault("max_output_tokens", max_out)
+            if limits.max_output_tokens is not None:
+                profile.setdefault("max_output_tokens", limits.max_output_tokens)
             if profile:
                 object.__setattr__(self, "profile", profile)
 
@@ -348,8 +382,15 @@ class ModelSurface(BaseModel):
         bound = self._count_bound(prompt)
         return decide(bound or 0, exact=False, max_tokens=max_tokens, limits=Limits())
 
-    def _fit(self, prompt: Prompt, max_tokens: int | None, limits: Limits) -> FitReport | None:
-        """Decide with the bound if it can; None means an exact count is needed."""
+    def _fit(
+        self, prompt: Prompt, max_tokens: int | None, limits: Limits, *, clamp: bool
+    ) -> FitReport | None:
+        """Decide with the bounds where they can; None means an exact count is needed.
+
+        The upper bound may only prove a fit, the lower bound only the opposite. With ``clamp``
+        the lower bound refuses only a prompt that cannot fit alone (the room left for the
+        answer needs the exact count).
+        """
         if not limits.known:
             return self._unknown(prompt, max_tokens)
         bound = self._count_bound(prompt)
@@ -357,56 +398,100 @@ class ModelSurface(BaseModel):
             report = decide(bound, exact=False, max_tokens=max_tokens, limits=limits)
             if report.fits:
                 return report
+        low = self._count_lower(prompt)
+        report = decide(
+            low, exact=False, max_tokens=None if clamp else max_tokens, limits=limits,
+            counted="lower_bound",
+        )  # fmt: skip
+        if not report.fits:
+            return replace(report, max_tokens=max_tokens, max_tokens_effective=max_tokens)
         return None
 
     def _fit_exact(
-        self, prompt: Prompt, n: int | None, max_tokens: int | None, limits: Limits
+        self,
+        prompt: Prompt,
+        n: int | None,
+        max_tokens: int | None,
+        limits: Limits,
+        *,
+        clamp: bool,
     ) -> FitReport:
         if n is not None:
             return decide(n, exact=True, max_tokens=max_tokens, limits=limits)
-        bound = self._count_bound(prompt)
-        report = decide(bound or 0, exact=False, max_tokens=max_tokens, limits=limits)
-        if not report.fits:
-            report = replace(report, reason=f"{report.reason} (no exact count available)")
-        return report
+        return undecided(
+            self._count_bound(prompt),
+            self._count_lower(prompt),
+            max_tokens=max_tokens,
+            limits=limits,
+            clamp=clamp,
+        )
 
-    def _report(self, prompt: Prompt, max_tokens: int | None) -> FitReport:
-        """The fit report: the cheap bound if it decides, else an exact count (retried)."""
+    def _report(self, prompt: Prompt, max_tokens: int | None, *, clamp: bool = False) -> FitReport:
+        """The fit report: the cheap bounds if they decide, else an exact count (retried)."""
         limits = self.get_limits()
-        report = self._fit(prompt, max_tokens, limits)
+        report = self._fit(prompt, max_tokens, limits, clamp=clamp)
         if report is None:
             n = call(self._retries, self._count_exact, prompt)
-            report = self._fit_exact(prompt, n, max_tokens, limits)
+            report = self._fit_exact(prompt, n, max_tokens, limits, clamp=clamp)
         return report
 
-    async def _areport(self, prompt: Prompt, max_tokens: int | None) -> FitReport:
+    async def _areport(
+        self, prompt: Prompt, max_tokens: int | None, *, clamp: bool = False
+    ) -> FitReport:
         """Async twin of :meth:`_report`."""
         limits = await self.aget_limits()
-        report = self._fit(prompt, max_tokens, limits)
+        report = self._fit(prompt, max_tokens, limits, clamp=clamp)
         if report is None:
             n = await acall(self._retries, self._acount_exact, prompt)
-            report = self._fit_exact(prompt, n, max_tokens, limits)
+            report = self._fit_exact(prompt, n, max_tokens, limits, clamp=clamp)
         return report
+
+    def _own_max_tokens(self, max_tokens: int | None) -> int | None:
+        return max_tokens if max_tokens is not None else getattr(self, "max_tokens", None)
 
     def check_fit(
         self, x: PromptInput, max_tokens: int | None = None, tools: Sequence[Any] | None = None
     ) -> FitReport:
-        """Whether ``x`` plus ``max_tokens`` of output fits the model's limits (no generation)."""
-        return self._report(self._as_prompt(x, tools, for_fit=True), max_tokens)
+        """Whether ``x`` plus ``max_tokens`` of output fits the model's limits (no generation).
+
+        ``max_tokens=None`` checks the model's own ``max_tokens``, as a call would; where the
+        model has none, the prompt alone (leaving one token of room).
+        """
+        prompt = self._as_prompt(x, tools, for_fit=True)
+        return self._report(prompt, self._own_max_tokens(max_tokens))
 
     async def acheck_fit(
         self, x: PromptInput, max_tokens: int | None = None, tools: Sequence[Any] | None = None
     ) -> FitReport:
         """Async twin of :meth:`check_fit`."""
-        return await self._areport(self._as_prompt(x, tools, for_fit=True), max_tokens)
+        prompt = self._as_prompt(x, tools, for_fit=True)
+        return await self._areport(prompt, self._own_max_tokens(max_tokens))
 
     def is_valid_prompt(self, x: PromptInput) -> bool:
-        """``check_fit(x).fits``."""
-        return self.check_fit(x).fits
+        """Whether a call with ``x`` would be accepted: ``check_fit(x).fits`` with the model's
+        own ``max_tokens``, under its ``context_overflow`` policy (``clamp`` accepts what it
+        can clamp, ``ignore`` everything)."""
+        if self.context_overflow == "ignore":
+            return True
+        clamp = self.context_overflow == "clamp"
+        prompt = self._as_prompt(x, None, for_fit=True)
+        return self._accepted(self._report(prompt, self._own_max_tokens(None), clamp=clamp))
 
     async def ais_valid_prompt(self, x: PromptInput) -> bool:
         """Async twin of :meth:`is_valid_prompt`."""
-        return (await self.acheck_fit(x)).fits
+        if self.context_overflow == "ignore":
+            return True
+        clamp = self.context_overflow == "clamp"
+        prompt = self._as_prompt(x, None, for_fit=True)
+        report = await self._areport(prompt, self._own_max_tokens(None), clamp=clamp)
+        return self._accepted(report)
+
+    def _accepted(self, report: FitReport) -> bool:
+        try:
+            enforce(report, self.context_overflow, backend=self._backend)
+        except ContextWindowExceededError:
+            return False
+        return True
 
     # ---- health ----
     def health(self) -> HealthReport:
@@ -453,7 +538,8 @@ class ModelSurface(BaseModel):
         """Check the fit before a call and apply the policy (``params`` may be clamped)."""
         if policy == "ignore":
             return UNCHECKED
-        return self._apply(self._report(prompt, params.get("max_tokens")), policy, params)
+        report = self._report(prompt, params.get("max_tokens"), clamp=policy == "clamp")
+        return self._apply(report, policy, params)
 
     async def _agate(
         self, prompt: Prompt, params: dict[str, Any], policy: ContextOverflowPolicy
@@ -461,7 +547,8 @@ class ModelSurface(BaseModel):
         """Async twin of :meth:`_gate`."""
         if policy == "ignore":
             return UNCHECKED
-        return self._apply(await self._areport(prompt, params.get("max_tokens")), policy, params)
+        report = await self._areport(prompt, params.get("max_tokens"), clamp=policy == "clamp")
+        return self._apply(report, policy, params)
 
 
 UNCHECKED = FitReport(

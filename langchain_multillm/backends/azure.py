@@ -569,15 +569,19 @@ class ChatAzureOpenAI(OpenAIToolsMixin):
 
     # ---- limits and counts ----
     def _fetch_limits(self) -> Limits:
-        family = self._family
-        if family is None:
-            return Limits()
-        return Limits(
-            context_window=family.context_window, max_output_tokens=family.max_output_tokens
-        )
+        return self._static_limits() or Limits()
 
     async def _afetch_limits(self) -> Limits:
         return self._fetch_limits()
+
+    def _static_limits(self) -> Limits | None:
+        # Built before the deployment may have become the model name: look at both.
+        family = model_family(self.model_name or self.azure_deployment or "")
+        if family is None:
+            return None
+        return Limits(
+            context_window=family.context_window, max_output_tokens=family.max_output_tokens
+        )
 
     def _dicts(self, prompt: Prompt) -> list[dict[str, Any]]:
         if prompt.text is not None:

