@@ -6,8 +6,10 @@ The default model is the embedded one (``ChatLlamaCpp`` on the bundled SmolLM2 G
 progress and errors go to stderr. ``--json`` prints one JSON document instead (``chat``: one
 line per turn).
 
-Exit codes: 0 ok, 1 error (one line ``error: ...`` on stderr; ``MULTILLM_DEBUG=1`` lets the
-traceback through), 2 usage, 3 ``health`` found the backend down.
+Exit codes: 0 ok; 1 error (one line ``error: ...`` on stderr; ``MULTILLM_DEBUG=1`` lets the
+traceback through), and ``fit`` when the prompt does not fit; 2 usage: the command line is
+wrong (an unknown option, a bad value, a missing file, a bad ``--model`` spec, a model the
+options and environment cannot build); 3 ``health`` found the backend down.
 
 Needs the ``[cli]`` extra (typer, rich, bm25s).
 """
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["app", "main"]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DOWN = 0, 1, 2, 3
+EXIT_DOES_NOT_FIT = EXIT_ERROR  # ``fit``: the prompt does not fit (the report is still printed)
 DEBUG_ENV = "MULTILLM_DEBUG"
 DEFAULT_MODEL_LABEL = "the embedded SmolLM2 (llama.cpp)"
 
@@ -116,9 +119,11 @@ def _one_line(exc: BaseException) -> str:
     from pydantic import ValidationError
 
     if isinstance(exc, ValidationError):
-        parts = [
-            f"{'.'.join(str(p) for p in e['loc']) or exc.title}: {e['msg']}" for e in exc.errors()
-        ]
+        parts = []
+        for e in exc.errors():
+            where = ".".join(str(p) for p in e["loc"])
+            msg = str(e["msg"]).removeprefix("Value error, ")
+            parts.append(f"{where}: {msg}" if where else msg)
         text = f"invalid settings for {exc.title}: " + "; ".join(parts)
     else:
         from langchain_multillm.errors import MultiLLMError
@@ -149,8 +154,18 @@ def _make_model(spec: str | None, **params: Any) -> BaseChatModel:
     return load_chat_model(spec, **params)
 
 
+# Model fields the command's options set; any other field a model refuses is --model's.
+OPTION_OF_FIELD = {"max_tokens": "'--max-tokens'", "temperature": "'--temperature'"}
+
+
 def _load_model(spec: str | None, *, warm: bool = True, **params: Any) -> BaseChatModel:
-    """Build the model under a spinner; ``warm`` also loads an in-process engine now."""
+    """Build the model under a spinner; ``warm`` also loads an in-process engine now.
+
+    A model that cannot be built from the options (a bad spec, a setting the model refuses,
+    a model file that is not there) is a usage error (exit 2) naming the option.
+    """
+    from pydantic import ValidationError
+
     from langchain_multillm.errors import InvalidInputError
 
     given = {k: v for k, v in params.items() if v is not None}
@@ -160,7 +175,12 @@ def _load_model(spec: str | None, *, warm: bool = True, **params: Any) -> BaseCh
         except InvalidInputError as exc:
             if exc.field == "spec":
                 raise typer.BadParameter(exc.problem, param_hint="'--model'") from None
-            raise
+            hint = OPTION_OF_FIELD.get(exc.field, "'--model'")
+            raise typer.BadParameter(_one_line(exc), param_hint=hint) from None
+        except ValidationError as exc:
+            fields = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+            hints = sorted({OPTION_OF_FIELD.get(f, "'--model'") for f in fields}) or ["'--model'"]
+            raise typer.BadParameter(_one_line(exc), param_hint=" / ".join(hints)) from None
         if warm:
             # In-process engines (llama.cpp) load on first use: do it here, under the spinner.
             getattr(model, "engine", None)
@@ -298,9 +318,14 @@ def rag(
     ],
     model: ModelOpt = None,
     max_tokens: Annotated[
-        int,
-        typer.Option("--max-tokens", min=1, help="Tokens kept for the answer (its max_tokens)."),
-    ] = 512,
+        int | None,
+        typer.Option(
+            "--max-tokens",
+            min=1,
+            help="Tokens kept for the answer (its max_tokens; default: 512, or a quarter of "
+            "the model's window where that is less).",
+        ),
+    ] = None,
     temperature: TemperatureOpt = None,
     k: Annotated[int, typer.Option("--k", min=1, help="Documents to retrieve.")] = 4,
     chunk_chars: Annotated[
@@ -467,7 +492,10 @@ def fit(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Does the file's text, sent as one user message, fit the model (with --max-tokens)?"""
+    """Does the file's text, sent as one user message, fit the model (with --max-tokens)?
+
+    Prints the fit report; exits 1 when it does not fit.
+    """
     with _errors():
         from langchain_core.messages import HumanMessage
 
@@ -482,6 +510,8 @@ def fit(
             _emit_json(dataclasses.asdict(report))
         else:
             typer.echo(str(report))
+        if not report.fits:
+            raise typer.Exit(EXIT_DOES_NOT_FIT)
 
 
 @app.command()

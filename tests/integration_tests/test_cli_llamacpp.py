@@ -59,8 +59,17 @@ def test_fit_reports_against_the_real_window(llama_cpp_available: str, tmp_path:
     big = tmp_path / "big.txt"
     big.write_text("word " * 3000)
     proc = multillm("fit", str(big), gguf=llama_cpp_available)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("does not fit")
+    assert proc.returncode == 1, proc.stderr  # does not fit: the report, and exit 1
+    assert proc.stdout.startswith("does not fit") and "Traceback" not in proc.stderr
+
+
+def test_a_missing_gguf_is_a_usage_error(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nope.gguf")
+    for args in (["ask", "hi", "--model", f"llamacpp:{missing}"], ["health"]):
+        proc = multillm(*args, gguf=missing)  # the default model's path from the environment
+        assert proc.returncode == 2, proc.stderr
+        assert "'--model'" in proc.stderr and "no GGUF file" in proc.stderr
+        assert "Traceback" not in proc.stderr and proc.stdout == ""
 
 
 def test_rag_answers_with_sources(llama_cpp_available: str, tmp_path: Path) -> None:

@@ -157,6 +157,45 @@ def test_model_spec_error_names_the_option(spec: str, command: str) -> None:
     assert "--model" in result.stderr and "provider:model" in result.stderr
 
 
+@pytest.fixture
+def text_file(tmp_path: Path) -> Path:
+    file = tmp_path / "t.txt"
+    file.write_text("Some text to check.")
+    return file
+
+
+COMMANDS = {
+    "ask": ["ask", "hi"],
+    "chat": ["chat"],
+    "health": ["health"],
+    "fit": ["fit", "FILE"],
+    "summarize": ["summarize", "FILE"],
+    "rag": ["rag", "q", "--docs", "FILE"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize(
+    ("spec", "says"),
+    [
+        ("nope:x", "provider:model"),
+        ("llamacpp:/no/such/model.gguf", "no GGUF file at '/no/such/model.gguf'"),
+        ("vllm-server:", "model: is required"),  # no model after the colon, none in the env
+    ],
+    ids=["unknown-provider", "missing-gguf", "no-model"],
+)
+def test_every_bad_model_spec_exits_2_in_every_command(
+    command: str, spec: str, says: str, text_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("VLLM_MODEL", "LLM_MODEL_NAME", "MULTILLM_DEBUG"):
+        monkeypatch.delenv(name, raising=False)
+    args = [str(text_file) if a == "FILE" else a for a in COMMANDS[command]]
+    result = runner.invoke(cli.app, [*args, "--model", spec], input="hi\n")
+    assert result.exit_code == 2, result.output
+    assert "'--model'" in result.stderr and says in " ".join(result.stderr.split())
+    assert "Traceback" not in result.output and result.stdout == ""
+
+
 # ---- errors: one line, exit 1; MULTILLM_DEBUG lets the traceback through ----
 
 
@@ -175,10 +214,13 @@ def test_debug_env_raises(closed_port_env: str, monkeypatch: pytest.MonkeyPatch)
     assert isinstance(result.exception, BackendUnavailableError)
 
 
-def test_invalid_settings_are_one_line(fake_server: FakeServer) -> None:
+def test_a_setting_the_model_refuses_is_a_usage_error_naming_the_option(
+    fake_server: FakeServer,
+) -> None:
     result = runner.invoke(cli.app, ["ask", "hi", "--model", "vllm-server:m", "--temperature", "9"])
-    assert result.exit_code == 1
-    assert "temperature" in one_error_line(result)
+    assert result.exit_code == 2
+    assert "'--temperature'" in result.stderr and "less than or equal to 2" in result.stderr
+    assert "Traceback" not in result.output and fake_server.calls["/v1/chat/completions"] == 0
 
 
 def test_subprocess_exit_code_and_no_traceback(closed_port_env: str) -> None:
@@ -246,9 +288,16 @@ def test_fit_prints_the_report(tmp_path: Path, fake_server: FakeServer) -> None:
     assert report["context_window"] == 100 and report["room"] == 100 - report["prompt_tokens"]
 
     result = runner.invoke(cli.app, ["fit", "-m", "vllm-server:m", str(long), "--json"])
-    assert result.exit_code == 0
+    assert result.exit_code == 1  # does not fit: the report, and exit 1
     report = json.loads(result.stdout)
     assert report["fits"] is False and report["reason"]
+    result = runner.invoke(cli.app, ["fit", "-m", "vllm-server:m", str(long)])
+    assert result.exit_code == 1 and result.stdout.startswith("does not fit")
+    assert result.stderr == ""  # not an error: the answer to the question asked
+    result = runner.invoke(
+        cli.app, ["fit", "-m", "vllm-server:m", str(short), "--max-tokens", "99"]
+    )
+    assert result.exit_code == 1 and result.stdout.startswith("does not fit")
 
 
 def test_fit_empty_file_is_an_error(tmp_path: Path, fake_server: FakeServer) -> None:
