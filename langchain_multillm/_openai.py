@@ -45,6 +45,7 @@ from langchain_core.utils.pydantic import is_basemodel_subclass
 
 from langchain_multillm._base import ChatRequest, MultiLLMChatModel
 from langchain_multillm._http import HTTPConnection
+from langchain_multillm._structured import stop_if_cut
 from langchain_multillm.errors import (
     IncompleteResponseError,
     InvalidInputError,
@@ -537,6 +538,9 @@ class OpenAIToolsMixin(MultiLLMChatModel):
 
         ``method``: ``"json_schema"`` (the server constrains decoding; the default),
         ``"function_calling"`` (a forced tool call), or ``"json_mode"`` (any JSON object).
+        An answer cut by ``max_tokens`` before its JSON was complete raises
+        :class:`~langchain_multillm.errors.IncompleteResponseError` saying so (with
+        ``include_raw=True`` it is the ``parsing_error``).
         """
         if kwargs:
             raise InvalidInputError(
@@ -593,10 +597,12 @@ class OpenAIToolsMixin(MultiLLMChatModel):
             raise InvalidInputError(
                 "method", f"must be json_schema, function_calling or json_mode; got {method!r}"
             )
+        # An answer cut by max_tokens raises IncompleteResponseError, not the parser's error.
+        checked = stop_if_cut(tools=method == "function_calling", backend=self._backend) | parser
         if not include_raw:
-            return llm | parser
+            return llm | checked
         parser_assign = RunnablePassthrough.assign(
-            parsed=itemgetter("raw") | parser, parsing_error=lambda _: None
+            parsed=itemgetter("raw") | checked, parsing_error=lambda _: None
         )
         parser_none = RunnablePassthrough.assign(parsed=lambda _: None)
         parser_with_fallback = parser_assign.with_fallbacks(

@@ -405,6 +405,26 @@ def _json_to_tool_call(
         yield {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}
 
 
+def _named_call_cut(chunks: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """A forced (named) tool call cut short by ``max_tokens`` finishes with ``length``.
+
+    llama.cpp ends such a call with ``finish_reason="tool_calls"`` even when its arguments
+    were cut (a grammar only stops short at ``max_tokens``): say so, as for any answer.
+    """
+    args: list[str] = []
+    for chunk in chunks:
+        choices = chunk.get("choices") or []
+        choice = choices[0] if choices else {}
+        for call in (choice.get("delta") or {}).get("tool_calls") or []:
+            args.append(str((call.get("function") or {}).get("arguments") or ""))
+        if choice.get("finish_reason") == "tool_calls":
+            try:
+                json.loads("".join(args))
+            except ValueError:
+                chunk = {**chunk, "choices": [{**choice, "finish_reason": "length"}, *choices[1:]]}
+        yield chunk
+
+
 def _translate(exc: Exception) -> MultiLLMError:
     text = str(exc)
     if "exceed context window" in text or "context window" in text:
@@ -486,7 +506,11 @@ class ChatLlamaCpp(_LlamaModel, OpenAIToolsMixin):
         raw = _locked_iter(
             eng, lambda: eng.llama.create_chat_completion(messages=messages, stream=True, **kwargs)
         )
-        yield from state.run(_json_to_tool_call(raw, generated) if any_tool else raw)
+        if any_tool:
+            raw = _json_to_tool_call(raw, generated)
+        elif isinstance(kwargs.get("tool_choice"), dict):
+            raw = _named_call_cut(raw)
+        yield from state.run(raw)
 
     def _chat(self, req: ChatRequest) -> ChatResult:
         # One code path for both: invoke is the collected stream, so usage and metadata match.
