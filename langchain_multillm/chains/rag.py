@@ -197,7 +197,8 @@ class RAGChain(Runnable[dict[str, Any], dict[str, Any]]):
         ``answer_tokens`` when given (sent as ``max_tokens`` to this package's models); else
         the model's own ``max_tokens`` (bound or set on it; with fallbacks, the largest), which
         the model already applies, so nothing is sent; where a model has none,
-        :data:`DEFAULT_ANSWER_TOKENS`. Never more than the models' ``max_output_tokens``.
+        :data:`DEFAULT_ANSWER_TOKENS` (sent when no model has one). Never more than the
+        models' ``max_output_tokens``.
         """
         budget = self.budget
         limits = budget.limits()
@@ -207,8 +208,9 @@ class RAGChain(Runnable[dict[str, Any], dict[str, Any]]):
             default = DEFAULT_ANSWER_TOKENS
             if limits.context_window is not None:
                 default = max(1, min(default, limits.context_window // 4))
-            answer = max(n if n is not None else default for n in budget.max_tokens())
-            send = False
+            own = budget.max_tokens()
+            answer = max(n if n is not None else default for n in own)
+            send = all(n is None for n in own)
         if limits.max_output_tokens is not None and answer > limits.max_output_tokens:
             answer, send = limits.max_output_tokens, True
         return answer, ({"max_tokens": answer} if send and budget.sends_max_tokens else {})
@@ -439,9 +441,9 @@ def create_rag_chain(
             know" when the documents do not answer.
         answer_tokens: output tokens kept free for the answer, and sent as ``max_tokens`` to
             this package's models. Unset (``None``): the model's own ``max_tokens`` (bound or
-            set on it; the largest among fallbacks), left to the model to apply; where a model
-            sets none, 512, or a quarter of the context window where that is less. Never more
-            than the model's ``max_output_tokens``.
+            set on it; the largest among fallbacks), left to the model to apply; where the
+            model sets none, 512, or a quarter of the context window where that is less (then
+            sent). Never more than the model's ``max_output_tokens``.
         on_overflow: a document that does not fit whole is ``"cut"`` at a sentence boundary,
             or ``"drop"``-ped.
         context_window: the window of a chat model from another package that declares none.

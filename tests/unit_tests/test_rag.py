@@ -296,6 +296,12 @@ def test_default_when_the_model_sets_no_max_tokens(window: int | None, kept: int
     assert "max_tokens" not in llm.call_kwargs[0]  # another package's model: nothing sent
 
 
+def test_this_packages_model_without_max_tokens_is_sent_the_default() -> None:
+    fake = FakeServer(window=1200)
+    out = create_rag_chain(vllm(fake), ListRetriever(documents=TWO_DOCS)).invoke("q?")
+    assert out["fit"].max_tokens == 300 and fake.bodies[-1]["max_tokens"] == 300
+
+
 def test_a_foreign_models_own_max_tokens_is_kept_free_and_not_sent() -> None:
     llm = EchoChat(max_tokens=64)
     out = create_rag_chain(llm, ListRetriever(documents=[doc(1)]), context_window=1000).invoke("q")
