@@ -215,3 +215,26 @@ def test_required_over_several_tools_is_forced(chat: ChatLlamaCpp) -> None:
     streamed = merge(list(bound.stream("What is the weather in Paris?", max_tokens=60)))
     assert [(c["name"], c["args"]) for c in streamed.tool_calls] == [(call["name"], call["args"])]
     assert streamed.usage_metadata == msg.usage_metadata
+
+
+def test_a_huge_prompt_is_refused_on_the_lower_bound_without_tokenizing(
+    chat: ChatLlamaCpp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chat.invoke("hi")  # loaded
+    eng = chat.engine
+    assert eng.max_token_bytes() >= len("<|im_start|>")  # special tokens' text is in the vocabulary
+    calls: list[int] = []
+    tokenize = eng.llama.tokenize
+    monkeypatch.setattr(eng.llama, "tokenize", lambda *a, **k: calls.append(1) or tokenize(*a, **k))
+    big = "hello world " * 900_000  # 10.8 MB
+    with pytest.raises(ContextWindowExceededError) as info:
+        chat.invoke(big)
+    assert info.value.fit is not None and info.value.fit.counted == "lower_bound"
+    assert calls == []  # neither counted nor generated
+
+
+def test_limits_and_profile_are_known_before_the_model_loads(llama_cpp_available: str) -> None:
+    llm = ChatLlamaCpp(model_path=llama_cpp_available, n_ctx=1024, n_threads=1)  # a new engine key
+    assert llm.context_window == 1024 and llm.profile == {"max_input_tokens": 1024}
+    assert llm._loaded is None  # nothing was loaded to know it
+    assert llm.get_limits().context_window == 1024
