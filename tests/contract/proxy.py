@@ -104,6 +104,7 @@ class FaultProxy:
         self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
         config = uvicorn.Config(
             self._app,
+            interface="asgi3",
             log_level="critical",  # an injected abort is logged as an app error: not news
             lifespan="off",
             access_log=False,

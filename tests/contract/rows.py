@@ -47,7 +47,9 @@ class Row:
     bounds cannot settle may be sent, and the backend's own refusal is the error).
     ``secret``: the key the row is built with (None: the model has no credential).
     ``wrong_key``: a key the peer refuses with its own auth error (None: the peer checks no key,
-    the proxy answers 401). ``not_applicable``: promise -> why it does not apply.
+    the proxy answers 401). ``ready_by_generation``: why only a (billed) generation can prove
+    readiness, where that is so: the free ``health()`` then proves ``alive`` only, and
+    ``health(deep=True)`` sends the one-token generation. ``not_applicable``: promise -> why it does not apply.
     """
 
     id: str
@@ -60,6 +62,7 @@ class Row:
     exact_count: bool = True
     secret: str | None = None
     wrong_key: str | None = None
+    ready_by_generation: str | None = None
     not_applicable: dict[str, str] = field(default_factory=dict)
     notes: str = ""
 
@@ -252,6 +255,8 @@ ROWS: tuple[Row, ...] = (
         health_route=lambda hit: _get(hit, r"^/openai/models$"),
         secret=peers.AZURE_FIXTURE_KEY,
         wrong_key="contract-wrong-azure-key-3e9",
+        ready_by_generation="Azure has no free route that says a deployment can answer "
+        "(GET /openai/models proves the endpoint and the key); docs/backends/azure.md",
         notes=f"context_window={AZURE_WINDOW} set: prompts near it must fit the fixture's "
         "SmolLM2 engine (2048 of its tokens), and stay cheap",
     ),
@@ -277,8 +282,9 @@ ROWS: tuple[Row, ...] = (
         not_applicable={
             "retry_after": IN_PROCESS_NO_HTTP,
             "secrets": NO_CREDENTIAL,
-            "limits_without_io": "the window is the engine's max_model_len, known once it loads",
         },
+        notes="max_model_len=2048 given (the session's engine): the window is known before "
+        "the engine loads",
     ),
 )
 

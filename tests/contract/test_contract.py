@@ -89,11 +89,12 @@ def test_over_window_is_refused_before_sending(bench: Bench) -> None:
 
 
 def test_far_over_window_is_refused_without_any_generation(bench: Bench) -> None:
-    """A prompt 64 windows long (in tokens; 256 in bytes) is refused before sending by every
-    backend, exact counter or not: a lower bound proves it cannot fit."""
+    """A prompt 128 windows long in tokens (512 in bytes: 1 MB for a window of 2048) is refused
+    before sending by every backend, exact counter or not: a lower bound proves it cannot fit
+    (bytes / the longest token, even for a vocabulary whose longest token is 256 bytes)."""
     model = bench.make()
     limits = model.get_limits()
-    huge = filler(64 * window_of(limits))
+    huge = filler(128 * window_of(limits))
     bench.instrument.reset()
     with pytest.raises(ContextWindowExceededError):
         model.invoke(huge)
@@ -240,16 +241,28 @@ def test_valid_prompt_means_the_call_is_accepted(bench: Bench) -> None:
 
 
 def test_health_ready_when_up(bench: Bench) -> None:
-    """Up: alive and ready, sync and async, and no generation billed for it."""
+    """Up: alive and ready, sync and async, and no generation billed for it. Where only a
+    generation can prove readiness (the row says why), the free check proves ``alive`` and
+    ``health(deep=True)`` proves ``ready`` with exactly one generation."""
     model = bench.make()
     model.get_limits()  # in-process: loaded; HTTP: discovered
     bench.instrument.reset()
     report = model.health()
-    assert report.alive and report.ready, str(report)
     areport = asyncio.run(model.ahealth())
-    assert areport.alive and areport.ready, str(areport)
     assert model.is_alive()
-    assert bench.instrument.generations() == 0
+    assert bench.instrument.generations() == 0, "a free health check generated"
+    if bench.row.ready_by_generation is None:
+        assert report.alive and report.ready, str(report)
+        assert areport.alive and areport.ready, str(areport)
+        return
+    assert report.alive and areport.alive, f"{report} / {areport}"
+    # A generation on the fixture's CPU engine may take longer than the default 5 s.
+    model = bench.make(health_timeout=60)
+    deep = model.health(deep=True)
+    assert deep.alive and deep.ready, str(deep)
+    assert bench.instrument.generations() == 1
+    adeep = asyncio.run(model.ahealth(deep=True))
+    assert adeep.alive and adeep.ready, str(adeep)
 
 
 def test_health_down_when_nothing_is_there(bench: Bench) -> None:
@@ -341,9 +354,9 @@ def test_a_stream_cut_upstream_raises(bench: Bench) -> None:
                 got = len(chunks)
             assert err is not None, f"{mode}/{way}: the cut stream finished cleanly"
             assert isinstance(err, MultiLLMError), f"{mode}/{way}: {type(err).__name__}: {err}"
-            if got:
-                sent = bench.instrument.generations()
-                assert sent == 1, f"{mode}/{way}: retried after {got} chunk(s): {sent} requests"
+            assert got >= 1, f"{mode}/{way}: no chunk before the cut ({err}): the suite cut early"
+            sent = bench.instrument.generations()
+            assert sent == 1, f"{mode}/{way}: retried after {got} chunk(s): {sent} requests"
 
 
 def test_retries_before_the_first_chunk(bench: Bench) -> None:
@@ -439,29 +452,34 @@ def _echo_credentials(hit: Hit) -> bytes:
 
 
 def test_auth_error_never_shows_the_key(bench: Bench) -> None:
-    """An auth error (the peer's own refusal of a wrong key, or a 401) does not show the key;
-    nor does one whose body echoes it back."""
+    """An auth error (the peer's own refusal of a wrong key; a 401 where the peer checks no
+    key) does not show the key."""
     bench.require("secrets")
     assert bench.proxy is not None
     if bench.row.wrong_key:
         key = bench.row.wrong_key
-        with pytest.raises(MultiLLMError) as info:
-            bench.make(api_key=key).invoke(Q)
     else:
         key = bench.row.secret or ""
         bench.proxy.respond(
             401, times=None, match=lambda h: True,
             body=error_body(401, "Unauthorized", "UNAUTHENTICATED"),
         )  # fmt: skip
-        with pytest.raises(MultiLLMError) as info:
-            bench.make(api_key=key).invoke(Q)
-        bench.proxy.clear_faults()
-    assert key not in str(info.value) and key not in repr(info.value)
+    with pytest.raises(MultiLLMError) as info:
+        bench.make(api_key=key).invoke(Q)
+    text = f"{info.value}\n{info.value!r}"
+    assert key not in text, f"the key is shown: {text}"
+
+
+def test_auth_error_never_shows_a_key_the_server_echoes(bench: Bench) -> None:
+    """A 401 whose body repeats the credential it was sent (some servers do) does not put the key
+    in the error's text."""
+    bench.require("secrets")
+    assert bench.proxy is not None
     key = bench.row.secret or ""
     bench.proxy.respond(401, times=None, match=lambda h: True, body=_echo_credentials)
-    with pytest.raises(MultiLLMError) as echoed:
-        bench.make(api_key=key, max_retries=0).invoke(Q)
-    text = f"{echoed.value}\n{echoed.value!r}"
+    with pytest.raises(MultiLLMError) as info:
+        bench.make(api_key=key).invoke(Q)
+    text = f"{info.value}\n{info.value!r}"
     assert key not in text, f"the echoed key is shown: {text}"
 
 
