@@ -33,7 +33,7 @@ def _merge(chunks: list[Any]) -> AIMessageChunk:
 
 def _usage_ok(message: Any) -> bool:
     usage = getattr(message, "usage_metadata", None)
-    return bool(usage) and usage["input_tokens"] > 0
+    return usage is not None and usage["input_tokens"] > 0
 
 
 _STARTED = time.monotonic()
@@ -51,7 +51,7 @@ class Progress(BaseCallbackHandler):
         self.last = 0.0
         self.ended = 0
 
-    def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
+    def on_llm_new_token(self, token: Any, **kwargs: Any) -> None:
         if time.monotonic() - self.last > 2:
             self.last = time.monotonic()
             _progress(f"tokens flowing ({self.ended} calls ended)")
