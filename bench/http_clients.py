@@ -131,11 +131,13 @@ def aiohttp_contender(base: str) -> Contender:
 def openai_contender(name: str, base: str, client: str | None) -> Contender:
     from openai import AsyncOpenAI
 
-    from langchain_multillm._http import openai_aiohttp_client
+    http_client = None
+    if client == "aiohttp":
+        from langchain_multillm._http import openai_aiohttp_client
 
-    http_client = openai_aiohttp_client() if client == "aiohttp" else None
-    if client == "aiohttp" and http_client is None:
-        raise ImportError("this openai has no aiohttp adapter")
+        http_client = openai_aiohttp_client()
+        if http_client is None:
+            raise ImportError("this openai has no aiohttp adapter")
     sdk = AsyncOpenAI(base_url=base, api_key="x", max_retries=0, http_client=http_client)
     args = dict(BODY)
 
@@ -184,44 +186,49 @@ def chat_contender(name: str, base: str, **kw: Any) -> Contender:
     return Contender(name, invoke, stream, close)
 
 
-def contenders(base: str) -> list[Contender]:
+def contenders(base: str, only: list[str]) -> list[Contender]:
+    """The contenders whose name has one of ``only`` (all without it), created in this order."""
     import httpx
 
-    out = [
-        httpx_contender(
-            "httpx",
-            base,
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
-        ),
-        httpx_contender(
-            "httpx keepalive=100",
-            base,
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),
-        ),
-    ]
-    try:
-        from httpx_aiohttp import AiohttpTransport as ThirdParty
+    def keepalive(n: int) -> httpx.Limits:
+        return httpx.Limits(max_connections=100, max_keepalive_connections=n)
 
-        out.append(httpx_contender("httpx + AiohttpTransport", base, transport=ThirdParty()))
-    except ImportError:
-        print("(httpx-aiohttp not installed: its row is left out)", file=sys.stderr)
-    out.append(aiohttp_contender(base))
-    try:
-        out.append(openai_contender("openai SDK (default client)", base, None))
-        out.append(openai_contender("openai SDK (aiohttp, shared session)", base, "aiohttp"))
-    except ImportError:
-        print("(openai not installed: its rows are left out)", file=sys.stderr)
-    out.append(chat_contender("ChatVLLMServer (default client)", base))
-    out.append(
-        chat_contender(
-            "ChatVLLMServer (httpx.AsyncClient injected)",
-            base,
-            http_async_client=httpx.AsyncClient(
-                timeout=httpx.Timeout(600.0, connect=10.0),
-                limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
-            ),
-        )
-    )
+    def third_party() -> Contender:
+        from httpx_aiohttp import AiohttpTransport
+
+        return httpx_contender("httpx + AiohttpTransport", base, transport=AiohttpTransport())
+
+    def injected() -> Contender:
+        client = httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=10.0), limits=keepalive(20))
+        name = "ChatVLLMServer (httpx.AsyncClient injected)"
+        return chat_contender(name, base, http_async_client=client)
+
+    factories: dict[str, Callable[[], Contender]] = {
+        "httpx": lambda: httpx_contender("httpx", base, limits=keepalive(20)),
+        "httpx keepalive=100": lambda: httpx_contender(
+            "httpx keepalive=100", base, limits=keepalive(100)
+        ),
+        "httpx + AiohttpTransport": third_party,
+        "aiohttp": lambda: aiohttp_contender(base),
+        "openai SDK (default client)": lambda: openai_contender(
+            "openai SDK (default client)", base, None
+        ),
+        "openai SDK (aiohttp, shared session)": lambda: openai_contender(
+            "openai SDK (aiohttp, shared session)", base, "aiohttp"
+        ),
+        "ChatVLLMServer (default client)": lambda: chat_contender(
+            "ChatVLLMServer (default client)", base
+        ),
+        "ChatVLLMServer (httpx.AsyncClient injected)": injected,
+    }
+    out = []
+    for name, make in factories.items():
+        if only and not any(o in name for o in only):
+            continue
+        try:
+            out.append(make())
+        except ImportError as exc:
+            print(f"({name}: left out, {exc})", file=sys.stderr)
     return out
 
 
@@ -259,7 +266,7 @@ def pct(xs: list[float], q: float) -> float:
 
 
 async def bench(base: str, rounds: int, seconds: float, only: list[str]) -> dict[tuple, Cell]:
-    cs = [c for c in contenders(base) if not only or any(o in c.name for o in only)]
+    cs = contenders(base, only)
     cells: dict[tuple, Cell] = {}
     try:
         # Warm-up: connections opened, limits fetched, code paths imported.
