@@ -42,9 +42,10 @@ from langchain_multillm.server.http_errors import (
 )
 from langchain_multillm.server.limits import ModelLimiter
 from langchain_multillm.server.openai_wire import (
+    MESSAGE_CLASSES,
+    ROLES,
     ChatCall,
     ChatCompletionRequest,
-    ChatMessage,
     ChunkWriter,
     CompletionCall,
     CompletionRequest,
@@ -262,20 +263,25 @@ class SSEResponse:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         pump = asyncio.ensure_future(self._pump(send))
+        left = False
 
         async def watch() -> None:
+            nonlocal left
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
+                    left = True
                     pump.cancel()
                     return
 
         watcher = asyncio.ensure_future(watch())
         try:
             await pump
-        except (asyncio.CancelledError, OSError):
-            if not pump.cancelled() and not isinstance(pump.exception(), OSError):
+        except asyncio.CancelledError:
+            if not left:  # cancelled from outside (the server stops): pass it on
                 raise
+        except OSError:
+            pass  # sending failed: the client went away
         finally:
             watcher.cancel()
             with contextlib.suppress(Exception):
@@ -466,9 +472,9 @@ class Gateway:
         try:
             message = await served.model.ainvoke(call.messages, stop=call.stop, **kwargs)
         except Exception as exc:
-            served.limiter.release(slot)
             return self.error(exc, name, route, started)
-        served.limiter.release(slot)
+        finally:
+            served.limiter.release(slot)
         body = chat_completion_body(message, model=name, data=call.data)
         self.tokens(name, body.get("usage"))
         self.count(name, route, 200, started)
@@ -484,8 +490,10 @@ class Gateway:
         if self.settings.disable_streaming:
             try:
                 message = await served.model.ainvoke(call.messages, stop=call.stop, **kwargs)
-            except Exception as exc:
+            except BaseException as exc:
                 served.limiter.release(slot)
+                if not isinstance(exc, Exception):
+                    raise
                 return self.error(exc, name, route, started)
             first: Any = None
             rest: Any = None
@@ -498,10 +506,12 @@ class Gateway:
                 first = await rest.__anext__()
             except StopAsyncIteration:
                 first = None
-            except Exception as exc:
+            except BaseException as exc:
                 served.limiter.release(slot)
                 with contextlib.suppress(Exception):
                     await rest.aclose()
+                if not isinstance(exc, Exception):
+                    raise
                 return self.error(exc, name, route, started)
             whole = None
             self.metrics.ttft.labels(name).observe(time.perf_counter() - started)
@@ -571,9 +581,9 @@ class Gateway:
         try:
             result = await served.model.agenerate([call.prompt], stop=call.stop, **kwargs)
         except Exception as exc:
-            served.limiter.release(slot)
             return self.error(exc, name, route, started)
-        served.limiter.release(slot)
+        finally:
+            served.limiter.release(slot)
         gen = result.generations[0][0]
         info = gen.generation_info or {}
         self.tokens(name, info.get("usage"))
@@ -608,10 +618,12 @@ class Gateway:
             first: str | None = await rest.__anext__()
         except StopAsyncIteration:
             first = None
-        except Exception as exc:
+        except BaseException as exc:
             served.limiter.release(slot)
             with contextlib.suppress(Exception):
                 await rest.aclose()
+            if not isinstance(exc, Exception):
+                raise
             return self.error(exc, name, route, started)
         self.metrics.ttft.labels(name).observe(time.perf_counter() - started)
         state = {"status": 200}
@@ -739,14 +751,17 @@ class Gateway:
 
     # ---- life ----
     async def startup(self) -> None:
-        """Load in-process models and learn every model's limits now, within the start-up
-        timeout; a model that fails is served anyway (``/ready`` says what is wrong)."""
+        """Learn every model's limits and load in-process models now (by counting a word's
+        tokens: never a billed call), within the start-up timeout; a model that fails is
+        served anyway (``/ready`` says what is wrong)."""
+
+        async def prepare(model: Any) -> None:
+            await model.aget_limits()
+            await model.acount_tokens("ready")
 
         async def warm(s: Served) -> None:
             try:
-                await asyncio.wait_for(
-                    s.model.aget_limits(), timeout=self.settings.startup_timeout_s
-                )
+                await asyncio.wait_for(prepare(s.model), timeout=self.settings.startup_timeout_s)
             except Exception as exc:
                 log.warning(
                     "model %s is not ready at start: %s",
@@ -771,13 +786,20 @@ def _loc(loc: tuple[Any, ...]) -> str:
     """A pydantic error location as a field path (``messages[0].role``), without the union
     members pydantic names (``str``, ``list[...]``, model names)."""
     out = ""
+    previous: Any = None
+    named = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
+            previous = part
             continue
         part = str(part)
-        if part in _TYPE_TAGS or "[" in part or "-" in part or part[:1].isupper():
+        # messages[i] is a union named by role: pydantic puts the role in the location
+        tag = isinstance(previous, int) and named == "messages" and part in ROLES
+        previous = part
+        if tag or part in _TYPE_TAGS or "[" in part or "-" in part or part[:1].isupper():
             continue
+        named = part
         out = f"{out}.{part}" if out else part
     return out or "body"
 
@@ -797,6 +819,8 @@ def parse(model: type[BaseModel], raw: bytes) -> Any:
         if first["type"] == "model_type" or not first["loc"]:
             raise RequestSchemaError("body", "must be a JSON object") from None
         path = _loc(tuple(first["loc"]))
+        if first["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            path += ".role"
         msg = "is required" if first["type"] == "missing" else first["msg"]
         more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
         raise RequestSchemaError(path, f"{msg}{more}") from None
@@ -858,7 +882,7 @@ def openapi(secured: bool) -> dict[str, Any]:
             (ChatCompletionRequest, "validation"),
             (CompletionRequest, "validation"),
             (TokenizeRequest, "validation"),
-            (ChatMessage, "validation"),
+            *((cls, "validation") for cls in MESSAGE_CLASSES),
             (Tool, "validation"),
         ],
         ref_template="#/components/schemas/{model}",

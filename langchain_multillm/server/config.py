@@ -197,6 +197,12 @@ class ServerSettings(BaseModel):
     access_log: bool = False
     """One log line per request (uvicorn's access log)."""
 
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _drop_nulls(cls, keys: Any) -> Any:
+        """``${oc.env:KEY,null}`` with KEY unset leaves no key (not an empty one)."""
+        return [k for k in keys if k is not None] if isinstance(keys, list) else keys
+
     @field_validator("api_keys")
     @classmethod
     def _keys_not_empty(cls, keys: list[SecretStr]) -> list[SecretStr]:

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, convert_to_messages
 from langchain_core.messages.ai import UsageMetadata
@@ -38,10 +38,10 @@ __all__ = [
     "usage_json",
 ]
 
-Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 Policy = Literal["raise", "clamp", "ignore"]
 
 _OPEN = ConfigDict(extra="allow")
+_CLOSED = ConfigDict(extra="forbid")
 
 
 # ------------------------------------------------------------------ request models
@@ -64,15 +64,135 @@ class ToolCall(BaseModel):
     function: FunctionCall
 
 
-class ChatMessage(BaseModel):
-    """One message of the conversation, of any role (``tool`` messages name their call)."""
+class TextPart(BaseModel):
+    """A piece of text."""
 
+    model_config = _CLOSED
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(BaseModel):
+    """Where an image is: a URL or a ``data:`` URL."""
+
+    model_config = _CLOSED
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(BaseModel):
+    """An image (models without vision refuse it)."""
+
+    model_config = _CLOSED
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+class InputAudio(BaseModel):
+    """Audio, base64-encoded."""
+
+    model_config = _CLOSED
+    data: str
+    format: str
+
+
+class AudioPart(BaseModel):
+    """Audio (models without audio input refuse it)."""
+
+    model_config = _CLOSED
+    type: Literal["input_audio"]
+    input_audio: InputAudio
+
+
+class FilePart(BaseModel):
+    """A file (models without file input refuse it)."""
+
+    model_config = _CLOSED
+    type: Literal["file"]
+    file: dict[str, Any]
+
+
+class RefusalPart(BaseModel):
+    """A refusal in an earlier answer."""
+
+    model_config = _CLOSED
+    type: Literal["refusal"]
+    refusal: str
+
+
+UserPart = Annotated[TextPart | ImagePart | AudioPart | FilePart, Field(discriminator="type")]
+AssistantPart = Annotated[TextPart | RefusalPart, Field(discriminator="type")]
+Text = str | list[TextPart]
+
+
+class _Message(BaseModel):
     model_config = _OPEN
-    role: Role
-    content: str | list[dict[str, Any]] | None = None
     name: str | None = None
+
+
+class SystemMessage(_Message):
+    """Instructions for the model."""
+
+    role: Literal["system"]
+    content: Text
+
+
+class DeveloperMessage(_Message):
+    """Instructions for the model (OpenAI's newer name for system)."""
+
+    role: Literal["developer"]
+    content: Text
+
+
+class UserMessage(_Message):
+    """The user's turn: text, or content parts."""
+
+    role: Literal["user"]
+    content: str | list[UserPart]
+
+
+class AssistantMessage(_Message):
+    """An earlier answer of the model: text, tool calls, or both."""
+
+    role: Literal["assistant"]
+    content: str | list[AssistantPart] | None = None
     tool_calls: list[ToolCall] | None = None
-    tool_call_id: str | None = None
+
+
+class ToolMessage(_Message):
+    """A tool's result, for the call it answers."""
+
+    role: Literal["tool"]
+    content: Text
+    tool_call_id: str = Field(min_length=1)
+
+
+class FunctionMessage(_Message):
+    """A function's result (OpenAI's older tool protocol)."""
+
+    role: Literal["function"]
+    name: str = Field(min_length=1)
+    content: str | None = None
+
+
+MESSAGE_CLASSES: tuple[type[BaseModel], ...] = (
+    SystemMessage,
+    DeveloperMessage,
+    UserMessage,
+    AssistantMessage,
+    ToolMessage,
+    FunctionMessage,
+)
+ROLES = frozenset(("system", "developer", "user", "assistant", "tool", "function"))
+ChatMessage = Annotated[
+    SystemMessage
+    | DeveloperMessage
+    | UserMessage
+    | AssistantMessage
+    | ToolMessage
+    | FunctionMessage,
+    Field(discriminator="role"),
+]
 
 
 class FunctionDefinition(BaseModel):
@@ -104,6 +224,42 @@ class NamedToolChoice(BaseModel):
 
     type: Literal["function"] = "function"
     function: NamedFunction
+
+
+class TextFormat(BaseModel):
+    """Plain text answers."""
+
+    type: Literal["text"]
+
+
+class JSONObjectFormat(BaseModel):
+    """Any JSON object."""
+
+    type: Literal["json_object"]
+
+
+class JSONSchema(BaseModel):
+    """A JSON schema the answer follows."""
+
+    model_config = _OPEN
+    name: str = Field(min_length=1)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(
+        alias="schema", description="Required here: without it there is nothing to follow."
+    )
+    strict: bool | None = None
+
+
+class JSONSchemaFormat(BaseModel):
+    """Answers shaped by a JSON schema."""
+
+    type: Literal["json_schema"]
+    json_schema: JSONSchema
+
+
+ResponseFormat = Annotated[
+    TextFormat | JSONObjectFormat | JSONSchemaFormat, Field(discriminator="type")
+]
 
 
 class StreamOptions(BaseModel):
@@ -156,16 +312,21 @@ class ChatCompletionRequest(_Sampling):
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
-    response_format: dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool | None = Field(default=None, description="Not served: only false.")
     top_logprobs: int | None = None
 
 
+NonEmpty = Annotated[str, Field(min_length=1)]
+
+
 class CompletionRequest(_Sampling):
     """``POST /v1/completions``."""
 
-    prompt: str | list[str]
+    prompt: NonEmpty | list[NonEmpty] = Field(
+        description="The text to complete (a list holds one prompt: one per request)."
+    )
     echo: bool | None = None
     suffix: str | None = Field(default=None, description="Not served.")
     logprobs: int | None = Field(default=None, description="Not served.")
@@ -262,7 +423,11 @@ def _call_kwargs(req: _Sampling) -> dict[str, Any]:
     for name in type(req).model_fields:
         value = getattr(req, name)
         if value is not None and name not in _HANDLED:
-            out[name] = value.model_dump() if isinstance(value, BaseModel) else value
+            out[name] = (
+                value.model_dump(by_alias=True, exclude_none=True)
+                if isinstance(value, BaseModel)
+                else value
+            )
     for name, value in (req.model_extra or {}).items():
         if name in _RESERVED or name.startswith("ls_"):
             raise InvalidInputError(name, "is not a request field of this API")
@@ -294,8 +459,6 @@ def to_messages(messages: list[ChatMessage]) -> list[BaseMessage]:
     for i, m in enumerate(messages):
         raw = m.model_dump(exclude_none=True)
         raw.setdefault("content", "")
-        if m.role == "tool" and not m.tool_call_id:
-            raise InvalidInputError(f"messages[{i}].tool_call_id", "a tool message needs one")
         try:
             out.extend(convert_to_messages([raw]))
         except Exception as exc:
@@ -333,6 +496,8 @@ def to_completion_call(req: CompletionRequest) -> CompletionCall:
         if len(prompt) != 1:
             raise InvalidInputError("prompt", f"one prompt per request; got {len(prompt)}")
         prompt = prompt[0]
+    if not prompt:
+        raise InvalidInputError("prompt", "must not be empty")
     common = _common(req)
     if req.echo is False:
         common["kwargs"].pop("echo")  # the default: nothing to ask of the model

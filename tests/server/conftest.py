@@ -103,13 +103,13 @@ def gateway(
     server_deps: None, llama_cpp_available: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gateway]:
     """The gateway with a key, serving the embedded model as ``smollm2`` (chat),
-    ``smollm2-text`` (completion) and ``tight`` (one call at a time, no queue)."""
+    ``smollm2-text`` (completion) and ``small`` (chat in a 256-token window)."""
     config = {
         "server": {"api_keys": [KEY]},
         "models": [
             embedded(),
             embedded("smollm2-text", kind="completion"),
-            embedded("tight", max_concurrency=1, max_queue=0),
+            embedded("small", params={"n_ctx": 256}),
         ],
     }
     gw = start_gateway(config, tmp_path_factory.mktemp("gw") / "serve.yaml")

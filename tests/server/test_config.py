@@ -315,6 +315,18 @@ def test_serve_refuses_a_model_that_cannot_be_built_naming_it(tmp_path: Path) ->
     assert done.stderr.startswith("error: models[0].params.temprature:"), done.stderr
 
 
+def test_the_example_config_loads() -> None:
+    example = peers.REPO_ROOT / "examples" / "serve.yaml"
+    bare = load_config(example, {})
+    assert bare.server.api_keys == []
+    assert [(m.name, m.kind) for m in bare.models] == [
+        ("smollm2", "chat"),
+        ("smollm2-text", "completion"),
+    ]
+    keyed = load_config(example, {"MULTILLM_API_KEY": "k"})
+    assert [k.get_secret_value() for k in keyed.server.api_keys] == ["k"]
+
+
 def test_config_models_are_pydantic(tmp_path: Path) -> None:
     config = ServeConfig.model_validate({"models": [{"name": "a", "model": "llamacpp:"}]})
     assert config.models[0].kind == "chat"

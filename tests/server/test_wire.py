@@ -126,7 +126,6 @@ def test_sampling_fields_go_to_the_model_and_gateway_fields_do_not() -> None:
         ({"tool_choice": "required"}, "tool_choice"),
         ({"callbacks": []}, "callbacks"),
         ({"ls_provider": "x"}, "ls_provider"),
-        ({"messages": [{"role": "tool", "content": "3"}]}, "messages[0].tool_call_id"),
         (
             {
                 "messages": [
@@ -165,12 +164,21 @@ def test_completion_requests() -> None:
         ({"suffix": "x"}, "suffix"),
         ({"logprobs": 1}, "logprobs"),
         ({"best_of": 2}, "best_of"),
+        ({"prompt": []}, "prompt"),
     ]:
         with pytest.raises(InvalidInputError) as err:
             to_completion_call(
                 CompletionRequest.model_validate({"model": "m", "prompt": "a", **fields})
             )
         assert err.value.field == field
+
+
+@pytest.mark.parametrize("prompt", ["", [""]])
+def test_an_empty_prompt_is_refused_by_the_schema(prompt: object) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        CompletionRequest.model_validate({"model": "m", "prompt": prompt})
 
 
 def test_answers_as_openai_json() -> None:
