@@ -246,6 +246,9 @@ _DONE: dict[str, Any] = {}
 
 # TGI names an in-stream error by type; the status its routes answer for that type.
 ERROR_TYPE_STATUS = {"validation": 422, "overloaded": 429, "generation": 424, "healthcheck": 503}
+# TGI's chat stream gives every error ``http_status_code: 422``, its overload too (infer's
+# ``Overloaded`` error, whose text is this): that one is a 429, retried like its routes' 429.
+TGI_OVERLOADED = "Model is overloaded"
 
 
 def _sse_event(line: str, *, backend: str) -> dict[str, Any] | None:
@@ -264,6 +267,8 @@ def _sse_event(line: str, *, backend: str) -> dict[str, Any] | None:
         code = (err.get("code") or err.get("http_status_code")) if isinstance(err, dict) else None
         if not isinstance(code, int):  # TGI: {"error": "...", "error_type": "overloaded"}
             code = ERROR_TYPE_STATUS.get(str(event.get("error_type")), 500)
+        elif code == 422 and isinstance(err, dict) and err.get("message") == TGI_OVERLOADED:
+            code = 429
         raise from_status(
             code,
             error_message_from_body(event, "error in stream"),

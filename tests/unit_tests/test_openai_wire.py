@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
 from langchain_multillm._openai import to_openai_messages
@@ -55,3 +56,16 @@ def test_counts_take_messages_in_any_form_invoke_takes() -> None:
     expected = llm.count_tokens(objects)
     assert llm.count_tokens(tuples) == llm.count_tokens(dicts) == expected
     assert llm.check_fit(tuples, max_tokens=32).prompt_tokens == expected
+
+
+def test_tgi_chat_stream_overload_is_a_rate_limit() -> None:
+    # TGI's chat stream gives every in-stream error http_status_code 422, its overload too.
+    from langchain_multillm._openai import iter_sse
+    from langchain_multillm.errors import BadRequestError, RateLimitError
+
+    overloaded = 'data:{"error":{"message":"Model is overloaded","http_status_code":422}}'
+    with pytest.raises(RateLimitError):
+        list(iter_sse([overloaded, "data: [DONE]"], backend="tgi"))
+    invalid = 'data:{"error":{"message":"Input validation error","http_status_code":422}}'
+    with pytest.raises(BadRequestError):
+        list(iter_sse([invalid, "data: [DONE]"], backend="tgi"))
