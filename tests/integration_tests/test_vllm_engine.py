@@ -24,6 +24,7 @@ from langchain_multillm import (
     BadRequestError,
     ChatVLLM,
     ContextWindowExceededError,
+    IncompleteResponseError,
     InvalidInputError,
 )
 from langchain_multillm._base import Prompt
@@ -295,10 +296,16 @@ def test_structured_output_json_schema(chat: ChatVLLM) -> None:
 
 
 def test_json_mode(chat: ChatVLLM) -> None:
-    out = chat.with_structured_output(method="json_mode").invoke(
-        "Give a JSON object with a key a.", max_tokens=40
-    )
-    assert isinstance(out, dict)
+    # The engine constrains the answer to JSON; whether SmolLM2 closes its object within 40
+    # tokens is its own skill: a whole object is a dict, a cut one the typed error that names
+    # max_tokens (never a half-parsed object).
+    structured = chat.with_structured_output(method="json_mode", include_raw=True)
+    out = structured.invoke("Give a JSON object with a key a.", max_tokens=40)
+    if out["parsing_error"] is None:
+        assert isinstance(out["parsed"], dict)
+    else:
+        assert isinstance(out["parsing_error"], IncompleteResponseError)
+        assert "max_tokens" in str(out["parsing_error"])
 
 
 def test_forced_tool_call(chat: ChatVLLM) -> None:
