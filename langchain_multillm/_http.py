@@ -29,12 +29,14 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr
 from langchain_multillm.errors import (
     AuthenticationError,
     InvalidInputError,
+    MultiLLMError,
     MultiLLMWarning,
     aiohttp_errors,
     from_aiohttp_error,
     from_httpx_error,
     from_response,
     malformed_body,
+    redact,
 )
 
 if TYPE_CHECKING:
@@ -130,7 +132,7 @@ class ClientCredentials(httpx.Auth):
 
     def _store(self, response: httpx.Response) -> str:
         if response.status_code >= 400:
-            err = from_response(response, backend="oauth2")
+            err = redact(from_response(response, backend="oauth2"), [self._form()["client_secret"]])
             raise AuthenticationError(
                 f"token request failed: {err.message}", status_code=response.status_code
             )
@@ -476,6 +478,25 @@ class HTTPConnection(BaseModel):
         """An httpx auth flow (OAuth2 and the like), where the backend has one."""
         return None
 
+    def _secrets(self) -> list[str]:
+        """The credentials this model sends: every ``SecretStr`` field, the headers' values
+        that hold one, and an OAuth2 access token once issued."""
+        out = [
+            v.get_secret_value()
+            for name in type(self).model_fields
+            if isinstance(v := getattr(self, name, None), SecretStr)
+        ]
+        auth = self._auth_flow()
+        token = getattr(auth, "_token", None)
+        if isinstance(token, str):
+            out.append(token)
+        return [x for x in out if len(x) >= 4]  # a 1-3 character "key" would mask plain text
+
+    def _response_error(self, response: httpx.Response) -> MultiLLMError:
+        """The error of the tree for a non-2xx response, with this model's credentials masked
+        wherever the server echoed them."""
+        return redact(from_response(response, backend=self._backend), self._secrets())
+
     @property
     def _client(self) -> httpx.Client:
         if self.http_client is not None:
@@ -563,12 +584,12 @@ class HTTPConnection(BaseModel):
                 error = _as_httpx(resp, raw, httpx.Request("POST", url))
         except _aio_error_types() as exc:
             raise from_aiohttp_error(exc, backend=self._backend) from exc
-        raise from_response(error, backend=self._backend)
+        raise self._response_error(error)
 
     # ---- plain JSON calls ----
     def _json(self, r: httpx.Response) -> Any:
         if r.status_code >= 400:
-            raise from_response(r, backend=self._backend)
+            raise self._response_error(r)
         try:
             return r.json()
         except ValueError:
@@ -621,7 +642,7 @@ class HTTPConnection(BaseModel):
             with self._client.stream("POST", url, json=body, **self._request_kwargs()) as r:
                 if r.status_code >= 400:
                     r.read()
-                    raise from_response(r, backend=self._backend)
+                    raise self._response_error(r)
                 yield from events(iter_lines(r.iter_text()), backend=self._backend)
         except httpx.HTTPError as exc:
             raise from_httpx_error(exc, backend=self._backend) from exc
@@ -639,7 +660,7 @@ class HTTPConnection(BaseModel):
             async with client.stream("POST", url, json=body, **self._request_kwargs()) as r:
                 if r.status_code >= 400:
                     await r.aread()
-                    raise from_response(r, backend=self._backend)
+                    raise self._response_error(r)
                 async for event in events(aiter_lines(r.aiter_text()), backend=self._backend):
                     yield event
         except httpx.HTTPError as exc:
@@ -656,9 +677,7 @@ class HTTPConnection(BaseModel):
                 if resp.status >= 400:
                     if raw is None:
                         raw = await resp.read()
-                    raise from_response(
-                        _as_httpx(resp, raw, httpx.Request("POST", url)), backend=self._backend
-                    )
+                    raise self._response_error(_as_httpx(resp, raw, httpx.Request("POST", url)))
                 lines = aiter_lines(_aio_text(resp)) if raw is None else _lines_of(raw)
                 async for event in events(lines, backend=self._backend):
                     yield event

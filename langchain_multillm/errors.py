@@ -281,6 +281,33 @@ def from_status(
     return BadRequestError(message, **kw)
 
 
+REDACTED = "***"
+
+
+def redact(err: MultiLLMError, secrets: list[str]) -> MultiLLMError:
+    """``err`` with every occurrence of ``secrets`` masked in its message, args and body: a
+    server may echo the credential it refused ("Incorrect API key provided: Bearer sk-...")."""
+    secrets = [x for x in secrets if x]
+    if not secrets:
+        return err
+
+    def scrub(value: Any) -> Any:
+        if isinstance(value, str):
+            for secret in secrets:
+                value = value.replace(secret, REDACTED)
+            return value
+        if isinstance(value, dict):
+            return {scrub(k): scrub(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(scrub(v) for v in value)
+        return value
+
+    err.message = scrub(err.message)
+    err.body = scrub(err.body)
+    err.args = tuple(scrub(a) for a in err.args)
+    return err
+
+
 def from_response(response: httpx.Response, *, backend: str | None = None) -> MultiLLMError:
     """The error for a non-2xx ``httpx.Response`` (its body must have been read)."""
     try:

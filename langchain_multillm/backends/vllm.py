@@ -686,6 +686,10 @@ class _VLLMEngineModel(ModelSurface):
     def _fetch_limits(self) -> Limits:
         return Limits(context_window=self.engine.max_model_len)
 
+    def _static_limits(self) -> Limits | None:
+        # vLLM serves exactly the max_model_len it is given (or refuses to start).
+        return Limits(context_window=self.max_model_len) if self.max_model_len else None
+
     async def _afetch_limits(self) -> Limits:
         return await asyncio.to_thread(self._fetch_limits)
 

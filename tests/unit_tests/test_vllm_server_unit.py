@@ -12,6 +12,7 @@ from langchain_core.messages import ChatMessage, HumanMessage
 from pydantic import SecretStr, ValidationError
 
 from langchain_multillm import (
+    AuthenticationError,
     BackendError,
     BadRequestError,
     ChatVLLMServer,
@@ -598,3 +599,31 @@ def test_stream_without_usage_is_counted_by_tokenize_sync_and_async() -> None:
         return [c async for c in m.astream("hi")]
 
     assert merged(asyncio.run(collect())).usage_metadata == expected
+
+
+@pytest.mark.parametrize("path", ["sync", "async-injected"])
+def test_a_key_the_server_echoes_is_masked_in_the_error(path: str) -> None:
+    key = "sk-echoed-secret-1234"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent = request.headers.get("authorization", "")
+        body = {"error": {"message": f"Incorrect API key provided: {sent}", "code": 401}}
+        return httpx.Response(401, json=body)
+
+    t = httpx.MockTransport(handler)
+    llm = ChatVLLMServer(
+        base_url="http://vllm.invalid/v1",
+        model="m",
+        api_key=key,
+        context_overflow="ignore",
+        max_retries=0,
+        http_client=httpx.Client(transport=t),
+        http_async_client=httpx.AsyncClient(transport=t),
+    )
+    call = (
+        (lambda: llm.invoke("hi")) if path == "sync" else (lambda: asyncio.run(llm.ainvoke("hi")))
+    )
+    with pytest.raises(AuthenticationError) as info:
+        call()
+    shown = f"{info.value} {info.value!r} {info.value.body} {info.value.args}"
+    assert key not in shown and "***" in str(info.value)
