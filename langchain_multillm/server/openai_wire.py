@@ -112,16 +112,7 @@ class FilePart(BaseModel):
     file: dict[str, Any]
 
 
-class RefusalPart(BaseModel):
-    """A refusal in an earlier answer."""
-
-    model_config = _CLOSED
-    type: Literal["refusal"]
-    refusal: str
-
-
 UserPart = Annotated[TextPart | ImagePart | AudioPart | FilePart, Field(discriminator="type")]
-AssistantPart = Annotated[TextPart | RefusalPart, Field(discriminator="type")]
 Text = str | list[TextPart]
 
 
@@ -155,7 +146,7 @@ class AssistantMessage(_Message):
     """An earlier answer of the model: text, tool calls, or both."""
 
     role: Literal["assistant"]
-    content: str | list[AssistantPart] | None = None
+    content: Text | None = None
     tool_calls: list[ToolCall] | None = None
 
 

@@ -77,7 +77,7 @@ def tame(case: Any, positive: bool) -> None:
             # no image, audio or file parts: the embedded model's template fails on them (a
             # backend bug, test_gateway's xfail) instead of refusing them
             message["content"] = [
-                p for p in content if not (isinstance(p, dict) and p.get("type") in MEDIA)
+                p for p in content if not (isinstance(p, dict) and str(p.get("type")) in MEDIA)
             ]
     for key in ("max_tokens", "max_completion_tokens", "max_new_tokens"):
         value = body.get(key)
