@@ -114,9 +114,11 @@ def main(argv: list[str]) -> int:
     row = BY_ID[row_id]
     # Retries: a peer that caps concurrent requests (TGI answers 429 "overloaded" past its
     # max_concurrent_requests) is retried, as a caller would be; a deadlock is not.
-    model = row.build(target, max_retries=8)
+    # What is asserted is that every call finishes: two tokens each are enough.
+    model = row.build(target, max_retries=8, max_tokens=2)
     if phase == "astreams":
-        out = asyncio.run(astreams(model, row.build(target, max_retries=8, streaming=True), n))
+        streaming = row.build(target, max_retries=8, max_tokens=2, streaming=True)
+        out = asyncio.run(astreams(model, streaming, n))
     elif phase == "interleaved":
         out = interleaved(model)
     else:

@@ -530,9 +530,9 @@ def _run_phase_here(bench: Bench, phase: str, n: int, quiet_s: float) -> dict[st
     box: dict[str, Any] = {}
 
     def work() -> None:
-        model = bench.make(max_retries=8)
+        model = bench.make(max_retries=8, max_tokens=2)
         if phase == "astreams":
-            streaming = bench.make(max_retries=8, streaming=True)
+            streaming = bench.make(max_retries=8, max_tokens=2, streaming=True)
             box["out"] = asyncio.run(concurrency.astreams(model, streaming, n))
         else:
             box["out"] = concurrency.interleaved(model)
