@@ -14,6 +14,7 @@ from tests import peers
 from tests.integration_tests.tiny_model import (
     ARGUMENT_VALUE,
     JSON_MODE_KEYS,
+    LLAMACPP_CLOSES_JSON,
     NON_EMPTY_ARGUMENT,
     UNICODE_COPY,
     ShortPlainAnswers,
@@ -106,3 +107,25 @@ class TestChatLlamaCppIntegration(ShortPlainAnswers, ChatModelIntegrationTests):
     @skill(UNICODE_COPY)
     def test_unicode_tool_call_integration(self, model: Any, **kwargs: Any) -> None:
         super().test_unicode_tool_call_integration(model, **kwargs)
+
+    @skill(LLAMACPP_CLOSES_JSON)
+    def test_tool_choice(self, model: Any) -> None:
+        super().test_tool_choice(model)
+
+    @skill(LLAMACPP_CLOSES_JSON)
+    @pytest.mark.parametrize("schema_type", ["pydantic", "typeddict", "json_schema"])
+    def test_structured_output(self, model: Any, schema_type: Any) -> None:
+        super().test_structured_output(model, schema_type)
+
+    @skill(LLAMACPP_CLOSES_JSON)
+    @pytest.mark.parametrize("schema_type", ["pydantic", "typeddict", "json_schema"])
+    async def test_structured_output_async(self, model: Any, schema_type: Any) -> None:
+        await super().test_structured_output_async(model, schema_type)
+
+    @skill(LLAMACPP_CLOSES_JSON)
+    def test_structured_output_pydantic_2_v1(self, model: Any) -> None:
+        super().test_structured_output_pydantic_2_v1(model)
+
+    @skill(LLAMACPP_CLOSES_JSON)
+    def test_structured_output_optional_param(self, model: Any) -> None:
+        super().test_structured_output_optional_param(model)

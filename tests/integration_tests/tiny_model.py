@@ -29,6 +29,11 @@ JSON_MODE_KEYS = (
     "keys are setup and punchline is the model's"
 )
 UNICODE_COPY = "the tiny model's skill: copying the Chinese and Japanese names into the call"
+LLAMACPP_CLOSES_JSON = (
+    "the tiny model's skill: llama-cpp-python constrains the answer to the schema, whose strings "
+    "are free; whether SmolLM2 ends them and closes the object within max_tokens is the model's "
+    "(a cut answer raises IncompleteResponseError naming max_tokens)"
+)
 CLOSES_JSON = (
     "the tiny model's skill: vLLM constrains the answer to the schema, whose strings are free; "
     "whether SmolLM2 ends them and closes the object within max_tokens is the model's (a cut "
