@@ -50,7 +50,15 @@ from langchain_core.outputs import (
     LLMResult,
 )
 from langchain_core.prompt_values import PromptValue
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from typing_extensions import Self
 
 from langchain_multillm._retry import acall, afirst_of, call, first_of
@@ -271,6 +279,15 @@ class ModelSurface(BaseModel):
     def _count_lower(self, prompt: Prompt) -> int:
         """A proven lower bound on the count, without I/O."""
         return lower_bound(prompt, self._max_token_bytes() or UNKNOWN_MAX_TOKEN_BYTES)
+
+    def _secrets(self) -> list[str]:
+        """This model's credentials (every ``SecretStr`` field): masked in any error that
+        echoes them (:func:`~langchain_multillm.errors.redact`)."""
+        return [
+            v.get_secret_value()
+            for name in type(self).model_fields
+            if isinstance(v := getattr(self, name, None), SecretStr) and len(v) >= 4
+        ]
 
     def _static_limits(self) -> Limits | None:
         """Limits known without I/O (a table, a setting), or None: they fill ``profile`` and the

@@ -597,19 +597,27 @@ def _content_filter_results(body: Any) -> dict[str, Any] | None:
 
 
 @contextlib.contextmanager
-def mapped(translate: Callable[..., BaseException], backend: str | None) -> Iterator[None]:
+def mapped(
+    translate: Callable[..., BaseException],
+    backend: str | None,
+    secrets: list[str] | None = None,
+) -> Iterator[None]:
     """Translate what an SDK raises inside the block into the tree (``translate`` is one of
-    the ``from_*_error`` mappers; errors of this package pass through)::
+    the ``from_*_error`` mappers; errors of this package pass through), with ``secrets`` (the
+    model's credentials) masked wherever the server echoed them::
 
-        with mapped(from_openai_error, "azure"):
+        with mapped(from_openai_error, "azure", self._secrets()):
             raw = client.chat.completions.create(...)
     """
     try:
         yield
-    except MultiLLMError:
-        raise
+    except MultiLLMError as own:
+        raise redact(own, secrets or []) from own.__cause__
     except Exception as exc:
-        raise translate(exc, backend=backend) from exc
+        translated = translate(exc, backend=backend)
+        if isinstance(translated, MultiLLMError):
+            translated = redact(translated, secrets or [])
+        raise translated from exc
 
 
 def from_openai_error(exc: BaseException, *, backend: str | None = None) -> MultiLLMError:

@@ -511,24 +511,24 @@ class ChatAzureOpenAI(OpenAIToolsMixin):
         return result
 
     def _chat(self, req: ChatRequest) -> ChatResult:
-        with mapped(from_openai_error, BACKEND):
+        with mapped(from_openai_error, BACKEND, self._secrets()):
             raw = self._client.chat.completions.create(**self._body(req))
         return self._result(raw)
 
     async def _achat(self, req: ChatRequest) -> ChatResult:
-        with mapped(from_openai_error, BACKEND):
+        with mapped(from_openai_error, BACKEND, self._secrets()):
             raw = await self._aclient.chat.completions.create(**self._body(req))
         return self._result(raw)
 
     def _events(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        with mapped(from_openai_error, BACKEND):
+        with mapped(from_openai_error, BACKEND, self._secrets()):
             stream = self._client.chat.completions.create(**body)
             with stream:
                 for chunk in stream:
                     yield _dump(chunk)
 
     async def _aevents(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        with mapped(from_openai_error, BACKEND):
+        with mapped(from_openai_error, BACKEND, self._secrets()):
             stream = await self._aclient.chat.completions.create(**body)
             async with stream:
                 async for chunk in stream:

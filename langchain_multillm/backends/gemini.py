@@ -610,7 +610,7 @@ class ChatGemini(OpenAIToolsMixin):
     def _chat(self, req: ChatRequest) -> ChatResult:
         contents, config = self._config(req)
         model = self._model(req)
-        with mapped(from_genai_error, BACKEND):
+        with mapped(from_genai_error, BACKEND, self._secrets()):
             raw = self._client.models.generate_content(
                 model=model, contents=contents, config=config
             )
@@ -619,7 +619,7 @@ class ChatGemini(OpenAIToolsMixin):
     async def _achat(self, req: ChatRequest) -> ChatResult:
         contents, config = self._config(req)
         model = self._model(req)
-        with mapped(from_genai_error, BACKEND):
+        with mapped(from_genai_error, BACKEND, self._secrets()):
             raw = await self._client.aio.models.generate_content(
                 model=model, contents=contents, config=config
             )
@@ -664,7 +664,7 @@ class ChatGemini(OpenAIToolsMixin):
         contents, config = self._config(req)
         model = self._model(req)
         answer = _Answer(model)
-        with mapped(from_genai_error, BACKEND):
+        with mapped(from_genai_error, BACKEND, self._secrets()):
             for raw in self._client.models.generate_content_stream(
                 model=model, contents=contents, config=config
             ):
@@ -677,7 +677,7 @@ class ChatGemini(OpenAIToolsMixin):
         contents, config = self._config(req)
         model = self._model(req)
         answer = _Answer(model)
-        with mapped(from_genai_error, BACKEND):
+        with mapped(from_genai_error, BACKEND, self._secrets()):
             stream = await self._client.aio.models.generate_content_stream(
                 model=model, contents=contents, config=config
             )
@@ -696,12 +696,12 @@ class ChatGemini(OpenAIToolsMixin):
 
     def _get_model(self, timeout: float | None = None) -> Any:
         config = {"http_options": {"timeout": int(timeout * 1000)}} if timeout else None
-        with mapped(from_genai_error, BACKEND):
+        with mapped(from_genai_error, BACKEND, self._secrets()):
             return self._client.models.get(model=self.model_name, config=config)
 
     async def _aget_model(self, timeout: float | None = None) -> Any:
         config = {"http_options": {"timeout": int(timeout * 1000)}} if timeout else None
-        with mapped(from_genai_error, BACKEND):
+        with mapped(from_genai_error, BACKEND, self._secrets()):
             return await self._client.aio.models.get(model=self.model_name, config=config)
 
     def _fetch_limits(self) -> Limits:
@@ -749,14 +749,14 @@ class ChatGemini(OpenAIToolsMixin):
         kwargs = self._count_args(prompt)
         if kwargs is None:
             return None
-        with mapped(from_genai_error, BACKEND):
+        with mapped(from_genai_error, BACKEND, self._secrets()):
             return int(self._client.models.count_tokens(**kwargs).total_tokens)
 
     async def _acount_exact(self, prompt: Prompt) -> int | None:
         kwargs = self._count_args(prompt)
         if kwargs is None:
             return None
-        with mapped(from_genai_error, BACKEND):
+        with mapped(from_genai_error, BACKEND, self._secrets()):
             return int((await self._client.aio.models.count_tokens(**kwargs)).total_tokens)
 
     def _count_bound(self, prompt: Prompt) -> int | None:

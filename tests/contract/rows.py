@@ -25,6 +25,7 @@ PROMISES = (
     "secrets",  # repr / dumps / auth errors never show the key
     "unhealthy",  # the peer can be made to answer "unhealthy"
     "limits_without_io",  # the limits (and profile) are known before any request
+    "valid_prompt",  # is_valid_prompt decides near the window (needs an exact count)
 )
 
 
@@ -242,6 +243,10 @@ ROWS: tuple[Row, ...] = (
         build=_deepseek,
         health_route=lambda hit: _get(hit, r"/models$"),
         exact_count=False,
+        not_applicable={
+            "valid_prompt": "no exact count of a chat prompt (DeepSeek's template is not "
+            "published): a prompt between the bounds is sent and the API judges (docs/fit.md)",
+        },
         secret=DEEPSEEK_KEY,
         wrong_key="not-a-deepseek-key-0192",
         notes=f"context_window={DEEPSEEK_WINDOW} set: the fixture's window (SmolLM2)",

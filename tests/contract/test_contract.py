@@ -217,6 +217,7 @@ def test_valid_prompt_means_the_call_is_accepted(bench: Bench) -> None:
     """``is_valid_prompt`` / ``check_fit`` honour the model's own ``max_tokens``: a prompt that
     fits alone but not with the model's max_tokens is not valid, and invoke refuses it. (The
     other way, valid and taken: test_prompt_near_the_window_is_accepted.)"""
+    bench.require("valid_prompt")
     limits = bench.make().get_limits()
     if limits.context_window is not None:
         tokens = input_room(limits, 1) - 4
