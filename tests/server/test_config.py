@@ -31,7 +31,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_interpolation_forms() -> None:
-    env = {"A": "1", "HOST": "gpu1", "EMPTY": ""}
+    env = {"A": "1", "HOST": "gpu1.invalid", "EMPTY": ""}
     data = {
         "oc": "${oc.env:A}",
         "oc_default_unused": "${oc.env:A,9}",
@@ -52,7 +52,7 @@ def test_interpolation_forms() -> None:
         "oc_quoted_default": "a,b",
         "oc_null": None,
         "plain": "1",
-        "spliced": "http://gpu1:8000/v1",
+        "spliced": "http://gpu1.invalid:8000/v1",
         "escaped": "${A}",
         "empty": "",
         "nested": [{"x": "1"}],
@@ -210,7 +210,7 @@ def test_no_environment_serves_the_embedded_model() -> None:
 def test_the_replaced_microservice_variables() -> None:
     env = {
         "LLM_MODEL_SERVER": "vllm",
-        "LLM_MODEL_SERVER_ENDPOINT": "http://vllm-svc:8000",
+        "LLM_MODEL_SERVER_ENDPOINT": "http://vllm-svc.invalid:8000",
         "LLM_MODEL_NAME": "Qwen/Qwen2.5-7B-Instruct",
         "LLM_USVC_PORT": "9000",
         "LLM_DISABLE_STREAMING": "True",
@@ -221,15 +221,18 @@ def test_the_replaced_microservice_variables() -> None:
     (model,) = config.models
     assert model.name == "Qwen/Qwen2.5-7B-Instruct"
     assert model.model == "vllm-server:Qwen/Qwen2.5-7B-Instruct"
-    assert model.params == {"base_url": "http://vllm-svc:8000/v1"}
+    assert model.params == {"base_url": "http://vllm-svc.invalid:8000/v1"}
     assert config.server.port == 9000
     assert config.server.disable_streaming is True
     assert config.server.output_guard is False
     assert [k.get_secret_value() for k in config.server.api_keys] == ["k1", "k2"]
     tgi = config_from_env(
-        {"LLM_MODEL_SERVER": "tgi", "LLM_MODEL_SERVER_ENDPOINT": "http://tgi:8080/"}
+        {"LLM_MODEL_SERVER": "tgi", "LLM_MODEL_SERVER_ENDPOINT": "http://tgi.invalid:8080/"}
     )
-    assert (tgi.models[0].model, tgi.models[0].params) == ("tgi:", {"base_url": "http://tgi:8080"})
+    assert (tgi.models[0].model, tgi.models[0].params) == (
+        "tgi:",
+        {"base_url": "http://tgi.invalid:8080"},
+    )
     assert tgi.models[0].name == "tgi"
 
 
