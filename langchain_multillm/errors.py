@@ -456,13 +456,13 @@ AIOHTTP_ERROR_NAMES: dict[str, tuple[type[MultiLLMError], str]] = {
 }
 
 
-@functools.cache
-def aiohttp_errors() -> ErrorTable:
-    """:data:`AIOHTTP_ERROR_NAMES` resolved against the installed aiohttp (empty without it)."""
+def _resolve_paths(names: Mapping[str, Any]) -> ErrorTable:
+    """A table of ``module.Class`` paths resolved against what is installed (missing modules
+    and classes are left out)."""
     import importlib
 
     table: ErrorTable = {}
-    for path, target in AIOHTTP_ERROR_NAMES.items():
+    for path, target in names.items():
         module_name, _, name = path.rpartition(".")
         try:
             module = importlib.import_module(module_name)
@@ -470,6 +470,12 @@ def aiohttp_errors() -> ErrorTable:
             continue
         table.update(_resolve(module, {name: target}))
     return table
+
+
+@functools.cache
+def aiohttp_errors() -> ErrorTable:
+    """:data:`AIOHTTP_ERROR_NAMES` resolved against the installed aiohttp (empty without it)."""
+    return _resolve_paths(AIOHTTP_ERROR_NAMES)
 
 
 def from_aiohttp_error(exc: BaseException, *, backend: str | None = None) -> MultiLLMError:
@@ -782,17 +788,7 @@ VLLM_ERROR_NAMES: dict[str, tuple[type[MultiLLMError], str]] = {
 @functools.cache
 def vllm_errors() -> ErrorTable:
     """:data:`VLLM_ERROR_NAMES` resolved against the installed vLLM (empty without it)."""
-    import importlib
-
-    table: ErrorTable = {}
-    for path, target in VLLM_ERROR_NAMES.items():
-        module_name, _, name = path.rpartition(".")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        table.update(_resolve(module, {name: target}))
-    return table
+    return _resolve_paths(VLLM_ERROR_NAMES)
 
 
 def from_vllm_error(exc: BaseException, *, backend: str | None = "vllm") -> BaseException:
