@@ -22,7 +22,7 @@ import threading
 import time
 import warnings
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from langchain_core.callbacks import (
@@ -37,7 +37,6 @@ from langchain_core.messages import (
     ChatMessage,
     FunctionMessage,
     HumanMessage,
-    MessageLikeRepresentation,
     SystemMessage,
     ToolMessage,
     convert_to_messages,
@@ -61,6 +60,7 @@ from pydantic import (
 )
 from typing_extensions import Self
 
+from langchain_multillm._request import ChatRequest, CompletionRequest, Prompt, PromptInput
 from langchain_multillm._retry import acall, afirst_of, call, first_of
 from langchain_multillm.errors import (
     ContextWindowExceededError,
@@ -82,42 +82,17 @@ from langchain_multillm.fit import (
 )
 from langchain_multillm.health import HealthReport, describe, down
 
-__all__ = ["ChatRequest", "CompletionRequest", "MultiLLMChatModel", "MultiLLMCompletionModel"]
+__all__ = [
+    "ChatRequest",
+    "CompletionRequest",
+    "ModelSurface",
+    "MultiLLMChatModel",
+    "MultiLLMCompletionModel",
+    "Prompt",
+    "PromptInput",
+]
 
-# What invoke takes: text, a prompt value, or messages in any form LangChain converts
-# (message objects, ("role", "text") tuples, dicts).
-PromptInput = str | Sequence[MessageLikeRepresentation] | PromptValue
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
-
-
-@dataclass
-class Prompt:
-    """What is counted: raw text, or chat messages (with the tools bound to the call)."""
-
-    text: str | None = None
-    messages: list[BaseMessage] | None = None
-    tools: list[dict[str, Any]] | None = None
-
-
-@dataclass
-class ChatRequest:
-    """A validated chat call, ready for a backend."""
-
-    messages: list[BaseMessage]
-    params: dict[str, Any]
-    fit: FitReport
-    stream: bool = False
-    tools: list[dict[str, Any]] | None = None
-
-
-@dataclass
-class CompletionRequest:
-    """A validated completion call, ready for a backend."""
-
-    prompt: str
-    params: dict[str, Any]
-    fit: FitReport
-    stream: bool = False
 
 
 # ------------------------------------------------------------------ input checks

@@ -23,8 +23,11 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
+from langchain_core.messages import AIMessage, BaseMessage
+
+from langchain_multillm._request import Prompt
 from langchain_multillm.errors import ContextWindowExceededError, InvalidInputError
 
 __all__ = [
@@ -343,9 +346,9 @@ def utf8_len(text: str) -> int:
 
 
 def chat_bound(
-    prompt: Any, template: TemplateBound | None, measure: Callable[[str], int] = utf8_len
+    prompt: Prompt, template: TemplateBound | None, measure: Callable[[str], int] = utf8_len
 ) -> int | None:
-    """Upper bound for a :class:`~langchain_multillm._base.Prompt`; None to count exactly.
+    """Upper bound for a :class:`~langchain_multillm._request.Prompt`; None to count exactly.
 
     Raw text: its bytes plus two (BOS/EOS). Messages: the measured template's bound, or, for a
     template never measured, the ``UNMEASURED_*`` allowances. Images and files: None.
@@ -360,7 +363,7 @@ def chat_bound(
             isinstance(b, dict) and b.get("type") not in (None, "text") for b in m.content
         ):
             return None
-        role = ROLE_OF.get(m.type) or getattr(m, "role", m.type)
+        role = ROLE_OF.get(m.type) or str(getattr(m, "role", m.type))
         pairs.append((role, "\n".join(text_of(m))))
     if template is not None and not prompt.tools:
         return template.bound(pairs)
@@ -382,7 +385,7 @@ def chat_bound(
 UNKNOWN_MAX_TOKEN_BYTES = 256
 
 
-def lower_bound(prompt: Any, max_token_bytes: int) -> int:
+def lower_bound(prompt: Prompt, max_token_bytes: int) -> int:
     """A proven lower bound on a prompt's tokens: no token covers more than ``max_token_bytes``
     bytes, so the text the model surely sees needs at least ``ceil(bytes / max_token_bytes)``.
 
@@ -412,10 +415,11 @@ ROLE_OF = {
 }
 
 
-def text_of(message: Any) -> list[str]:
+def text_of(message: BaseMessage) -> list[str]:
     """Every piece of text a message carries: content, and tool calls' names and arguments."""
     content = message.content
     out = [message.text if isinstance(content, list) else str(content)]
-    for tc in message.tool_calls if message.type == "ai" else ():
+    calls = message.tool_calls if isinstance(message, AIMessage) and message.type == "ai" else []
+    for tc in calls:
         out.append(tc["name"] + json.dumps(tc["args"]))
     return out
