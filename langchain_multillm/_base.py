@@ -354,6 +354,17 @@ class ModelSurface(BaseModel):
         n = await self._acount_exact(prompt)
         return n if n is not None else self._fallback_bound(prompt)
 
+    def count_tokens_exact(self, x: PromptInput, tools: Sequence[Any] | None = None) -> int | None:
+        """Tokens in ``x`` counted exactly, or None where this backend cannot count exactly
+        (never a bound: :meth:`count_tokens` falls back to one)."""
+        return self._count_exact(self._as_prompt(x, tools, for_fit=False))
+
+    async def acount_tokens_exact(
+        self, x: PromptInput, tools: Sequence[Any] | None = None
+    ) -> int | None:
+        """Async twin of :meth:`count_tokens_exact`."""
+        return await self._acount_exact(self._as_prompt(x, tools, for_fit=False))
+
     def _fallback_bound(self, prompt: Prompt) -> int:
         bound = self._count_bound(prompt)
         if bound is None:

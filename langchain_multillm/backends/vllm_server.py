@@ -283,9 +283,11 @@ class _ServerConnection(HTTPConnection):
         return limits
 
     def _tokenize_available(self) -> bool:
+        """Whether ``/tokenize`` counts this model (asked once, with the model's name: a
+        gateway may count one model exactly and not another)."""
         if self._tokenize is None:
             try:
-                self._post_json(f"{self._root}/tokenize", {"prompt": "a"})
+                self._post_json(f"{self._root}/tokenize", {"model": self.model_name, "prompt": "a"})
                 self._tokenize = True
             except (MultiLLMError, InvalidInputError):
                 self._tokenize = False
@@ -294,11 +296,21 @@ class _ServerConnection(HTTPConnection):
     async def _atokenize_available(self) -> bool:
         if self._tokenize is None:
             try:
-                await self._apost_json(f"{self._root}/tokenize", {"prompt": "a"})
+                body = {"model": self.model_name, "prompt": "a"}
+                await self._apost_json(f"{self._root}/tokenize", body)
                 self._tokenize = True
             except (MultiLLMError, InvalidInputError):
                 self._tokenize = False
         return self._tokenize
+
+    def _no_exact_count(self, exc: MultiLLMError) -> bool:
+        """A ``/tokenize`` that says it cannot count this model exactly (501, as the gateway
+        ``multillm serve`` answers for a backend with bounds only): no exact count here, not a
+        failure; the bounds decide from now on."""
+        if exc.status_code != 501:
+            return False
+        self._tokenize = False
+        return True
 
     def _count_output(self, text: str) -> int:
         """Tokens of generated text (no BOS or other special tokens added)."""
@@ -335,14 +347,24 @@ class _ServerConnection(HTTPConnection):
     def _count_exact(self, prompt: Prompt) -> int | None:
         if not self._tokenize_available():
             return None
-        return _count_of(self._post_json(f"{self._root}/tokenize", self._tokenize_body(prompt)))
+        try:
+            body = self._post_json(f"{self._root}/tokenize", self._tokenize_body(prompt))
+        except MultiLLMError as exc:
+            if self._no_exact_count(exc):
+                return None
+            raise
+        return _count_of(body)
 
     async def _acount_exact(self, prompt: Prompt) -> int | None:
         if not await self._atokenize_available():
             return None
-        return _count_of(
-            await self._apost_json(f"{self._root}/tokenize", self._tokenize_body(prompt))
-        )
+        try:
+            body = await self._apost_json(f"{self._root}/tokenize", self._tokenize_body(prompt))
+        except MultiLLMError as exc:
+            if self._no_exact_count(exc):
+                return None
+            raise
+        return _count_of(body)
 
     def _count_bound(self, prompt: Prompt) -> int | None:
         if self._bound is None and self._tokenize is not False:
@@ -477,7 +499,9 @@ class ChatVLLMServer(_ServerConnection, OpenAIChatOverHTTP):
         def fill(text: str) -> UsageMetadata | None:
             if not self.stream_usage or not self._tokenize_available():
                 return None
-            p = self._count_exact(Prompt(messages=req.messages, tools=req.tools)) or 0
+            p = self._count_exact(Prompt(messages=req.messages, tools=req.tools))
+            if p is None:  # the server said it cannot count exactly: no usage, never a guess
+                return None
             o = self._count_output(text)
             return UsageMetadata(input_tokens=p, output_tokens=o, total_tokens=p + o)
 
@@ -489,7 +513,9 @@ class ChatVLLMServer(_ServerConnection, OpenAIChatOverHTTP):
         async def fill(text: str) -> UsageMetadata | None:
             if not self.stream_usage or not await self._atokenize_available():
                 return None
-            p = await self._acount_exact(Prompt(messages=req.messages, tools=req.tools)) or 0
+            p = await self._acount_exact(Prompt(messages=req.messages, tools=req.tools))
+            if p is None:  # the server said it cannot count exactly: no usage, never a guess
+                return None
             o = await self._acount_output(text)
             return UsageMetadata(input_tokens=p, output_tokens=o, total_tokens=p + o)
 

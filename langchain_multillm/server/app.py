@@ -707,14 +707,14 @@ class Gateway:
                     "only true is served (counts are of the prompt the model is sent)",
                 )
             tools = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None
-            return int(await model.acount_tokens(to_messages(req.messages), tools=tools))
+            return _exact(served, await model.acount_tokens_exact(to_messages(req.messages), tools))
         if req.tools:
             raise InvalidInputError("tools", "only with messages")
         assert req.prompt is not None
-        n = int(await model.acount_tokens(req.prompt))
+        n = _exact(served, await model.acount_tokens_exact(req.prompt))
         if not req.add_special_tokens:
             # The special tokens a prompt gets (BOS) are those an empty prompt has.
-            n -= int(await model.acount_tokens(""))
+            n -= _exact(served, await model.acount_tokens_exact(""))
         return n
 
     async def health(self, request: Request) -> Response:
@@ -777,6 +777,21 @@ class Gateway:
             if close is not None:
                 with contextlib.suppress(Exception):
                     await close()
+
+
+class ExactCountUnavailableError(NotImplementedError):
+    """``/tokenize`` for a model whose backend cannot count exactly (501): this route answers
+    exact counts only, never a bound (a client then falls back to its own bounds)."""
+
+
+def _exact(served: Served, n: int | None) -> int:
+    """An exact count, or :class:`ExactCountUnavailableError`."""
+    if n is None:
+        raise ExactCountUnavailableError(
+            f"{served.name!r} cannot count tokens exactly here (its backend gives only bounds); "
+            "/tokenize answers exact counts only"
+        )
+    return int(n)
 
 
 _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "dict", "list", "none"})
@@ -866,6 +881,7 @@ _REASONS = {
     404: "The model is not served (on this route)",
     413: "The body is too large",
     422: "The body is JSON of the wrong shape",
+    501: "The model cannot count tokens exactly (/tokenize answers exact counts only)",
     429: "The model's queue is full, or the upstream rate-limits (Retry-After)",
     502: "The upstream failed",
     503: "The upstream is unavailable",
@@ -934,11 +950,11 @@ def openapi(secured: bool) -> dict[str, Any]:
         },
         "/tokenize": {
             "post": {
-                "summary": "Count a prompt's tokens (vLLM's shape)",
+                "summary": "Count a prompt's tokens exactly (vLLM's shape); 501 where not possible",
                 "requestBody": body("TokenizeRequest"),
                 "responses": {
                     "200": {"description": "count and max_model_len", "content": json_obj},
-                    **_errors(400, 401, 404, 413, 422, 502, 503, 504),
+                    **_errors(400, 401, 404, 413, 422, 501, 502, 503, 504),
                 },
                 "security": sec,
             }
