@@ -73,6 +73,14 @@ def server_root(base_url: str) -> str:
     return base_url[: -len("/v1")] if base_url.endswith("/v1") else base_url
 
 
+def with_api_path(endpoint: str, suffix: str = "/v1") -> str:
+    """A server's root URL (the LLM microservice's ``LLM_MODEL_SERVER_ENDPOINT``) as the URL of
+    its API under ``suffix``: ``http://host:8000`` -> ``http://host:8000/v1``. A URL that ends
+    with ``suffix`` already is kept; a trailing ``/`` is dropped."""
+    endpoint = endpoint.rstrip("/")
+    return endpoint if not suffix or endpoint.endswith(suffix) else endpoint + suffix
+
+
 def warn_insecure(field: str = "verify_ssl") -> None:
     """One warning when TLS verification is turned off."""
     warnings.warn(

@@ -8,6 +8,7 @@ OpenAI API lacks: the context window from ``/v1/models`` (``max_model_len``), ex
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, ClassVar
@@ -36,6 +37,7 @@ from langchain_multillm._http import (
     check_url,
     server_root,
     warn_insecure,
+    with_api_path,
 )
 from langchain_multillm._openai import (
     CompletionStream,
@@ -144,6 +146,15 @@ VLLM_CHAT_EXTRA_PARAMS = frozenset(
 )
 
 
+def _base_url_from_env() -> str | None:
+    """``VLLM_BASE_URL`` (the URL with ``/v1``), else ``LLM_MODEL_SERVER_ENDPOINT``: the LLM
+    microservice's variable, a server's root, so ``/v1`` is added where it is missing."""
+    if "VLLM_BASE_URL" in os.environ:
+        return os.environ["VLLM_BASE_URL"]
+    endpoint = os.environ.get("LLM_MODEL_SERVER_ENDPOINT", "").strip()
+    return with_api_path(endpoint, "/v1") if endpoint else None
+
+
 class _ServerConnection(HTTPConnection):
     """Connection settings and vLLM's extra routes, shared by the chat and completion classes."""
 
@@ -152,11 +163,9 @@ class _ServerConnection(HTTPConnection):
     )
     """Served model name (env ``VLLM_MODEL``, then ``LLM_MODEL_NAME``)."""
 
-    base_url: str | None = Field(
-        default_factory=from_env(["VLLM_BASE_URL", "LLM_MODEL_SERVER_ENDPOINT"], default=None),
-        alias="openai_api_base",
-    )
-    """Server URL with ``/v1`` (env ``VLLM_BASE_URL``, then ``LLM_MODEL_SERVER_ENDPOINT``)."""
+    base_url: str | None = Field(default_factory=_base_url_from_env, alias="openai_api_base")
+    """Server URL with ``/v1`` (env ``VLLM_BASE_URL``; else ``LLM_MODEL_SERVER_ENDPOINT``, the
+    server's root, with ``/v1`` added where it does not end with it)."""
 
     api_key: SecretStr | None = Field(
         default_factory=secret_from_env(["VLLM_API_KEY", "LLM_VLLM_API_KEY"], default=None)

@@ -41,6 +41,7 @@ from pydantic import (
     model_validator,
 )
 
+from langchain_multillm._http import with_api_path
 from langchain_multillm.errors import InvalidInputError
 
 __all__ = [
@@ -440,11 +441,6 @@ def _flag(environ: Mapping[str, str], name: str) -> bool:
     raise ConfigError(name, f"must be true or false (1/0, yes/no, on/off); got {value!r}")
 
 
-def _with_api_path(endpoint: str, suffix: str) -> str:
-    endpoint = endpoint.rstrip("/")
-    return endpoint if not suffix or endpoint.endswith(suffix) else endpoint + suffix
-
-
 def config_from_env(environ: Mapping[str, str] | None = None) -> ServeConfig:
     """One model from the replaced microservice's variables, or the embedded model.
 
@@ -485,7 +481,7 @@ def config_from_env(environ: Mapping[str, str] | None = None) -> ServeConfig:
                 f"got {server_kind!r}",
             )
         if endpoint:
-            params["base_url"] = _with_api_path(endpoint, api_path)
+            params["base_url"] = with_api_path(endpoint, api_path)
         spec = f"{provider}:{name}"
         served = name or provider
     keys = [k.strip() for k in env.get("MULTILLM_API_KEY", "").split(",") if k.strip()]
