@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from langchain_multillm.fit import FitReport, Limits
     from langchain_multillm.health import HealthReport
     from langchain_multillm.loader import load_chat_model
+    from langchain_multillm.routing import ChatRouter
 
 __version__ = "0.1.0"
 
@@ -56,6 +57,7 @@ _LAZY: dict[str, str] = {
     "Limits": "langchain_multillm.fit",
     "HealthReport": "langchain_multillm.health",
     "load_chat_model": "langchain_multillm.loader",
+    "ChatRouter": "langchain_multillm.routing",
     "create_rag_chain": "langchain_multillm.chains",
     "create_summarize_chain": "langchain_multillm.chains",
     **dict.fromkeys(
@@ -90,6 +92,7 @@ __all__ = [
     "ChatDeepSeek",
     "ChatGemini",
     "ChatLlamaCpp",
+    "ChatRouter",
     "ChatTGI",
     "ChatVLLM",
     "ChatVLLMServer",

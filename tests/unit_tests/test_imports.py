@@ -13,6 +13,7 @@ EXPECTED_ALL = [
     "ChatDeepSeek",
     "ChatGemini",
     "ChatLlamaCpp",
+    "ChatRouter",
     "ChatTGI",
     "ChatVLLM",
     "ChatVLLMServer",
