@@ -6,7 +6,17 @@ for them; its search libraries load only when an index is built.
 
 from langchain_multillm.chains.index import BM25Retriever, EmbeddingRetriever, load_folder
 from langchain_multillm.chains.rag import DEFAULT_RAG_PROMPT, RAGChain, create_rag_chain
-from langchain_multillm.chains.summarize import SummarizeChain, create_summarize_chain
+from langchain_multillm.chains.summarize import (
+    SummarizeChain,
+    SummaryReduceError,
+    TurnOptions,
+    TurnResult,
+    TurnSummarizer,
+    consolidate_turns,
+    create_summarize_chain,
+    split_turns,
+    summarize_turns,
+)
 
 __all__ = [
     "DEFAULT_RAG_PROMPT",
@@ -14,7 +24,14 @@ __all__ = [
     "EmbeddingRetriever",
     "RAGChain",
     "SummarizeChain",
+    "SummaryReduceError",
+    "TurnOptions",
+    "TurnResult",
+    "TurnSummarizer",
+    "consolidate_turns",
     "create_rag_chain",
     "create_summarize_chain",
     "load_folder",
+    "split_turns",
+    "summarize_turns",
 ]
