@@ -1,33 +1,49 @@
 """The surface every model of this package shares, and the call flow around the backends.
 
 A backend fills a few hooks; everything else (input checks, the fit check and its policy,
-retries, stream handling, health) is written once here:
+retries, stream handling, health) is written once here. The whole contract, with what each hook
+gets and returns: docs/backends/writing.md. Required hooks are abstract; the flow methods are
+``typing.final`` (mypy fails on a backend that overrides one).
 
+* health (required): ``_health`` / ``_ahealth``; ``health(deep=True)``: ``_deep_health`` /
+  ``_adeep_health`` (a check that may cost; by default the free one);
 * limits: ``_fetch_limits`` / ``_afetch_limits`` (discovered once, then cached);
 * limits known without I/O (a table, a setting): ``_static_limits`` (fills ``profile`` and the
   limit fields at construction);
 * counting: ``_count_exact`` / ``_acount_exact`` (exact, may ask the server),
-  ``_count_bound`` (a cheap proven upper bound, no I/O) and ``_max_token_bytes`` (the longest
-  token of the vocabulary, in bytes, for the lower bound; None where the vocabulary is unknown);
-* health: ``_health`` / ``_ahealth``;
-* chat: ``_chat`` / ``_achat`` / ``_chat_stream`` / ``_achat_stream`` taking a :class:`ChatRequest`;
-* completion: ``_complete`` / ``_acomplete`` / ``_complete_stream`` / ``_acomplete_stream``.
+  ``_count_bound`` (a cheap proven upper bound, no I/O), ``_max_token_bytes`` (the longest
+  token of the vocabulary, in bytes, for the lower bound; None where the vocabulary is unknown)
+  and ``_count_lower`` (the lower bound itself);
+* the keys a call may carry: ``_call_params`` / ``_call_param_hints`` (class attributes),
+  ``_allowed_call_params``; a request this backend can never serve: ``_check_offline``
+  (``InvalidInputError``, before any network call);
+* chat (required): ``_chat`` / ``_achat`` / ``_chat_stream`` / ``_achat_stream`` taking a
+  :class:`ChatRequest`; completion (required): ``_complete`` / ``_acomplete`` /
+  ``_complete_stream`` / ``_acomplete_stream`` taking a :class:`CompletionRequest`;
+* an engine that batches what is in flight: ``_batches_in_engine`` (class attribute);
+* the layers above this one add theirs: ``_auth_flow`` / ``_headers`` (``_http.py``),
+  ``_chat_url`` (required), ``_chat_body``, ``_before_send`` / ``_abefore_send``,
+  ``_usage_fallback`` / ``_ausage_fallback`` (``_openai.py``).
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
+import concurrent.futures
+import contextvars
 import inspect
 import threading
 import time
 import warnings
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from dataclasses import replace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, final
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
     CallbackManagerForLLMRun,
+    Callbacks,
 )
 from langchain_core.language_models import BaseChatModel, BaseLLM, LangSmithParams
 from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
@@ -49,6 +65,7 @@ from langchain_core.outputs import (
     LLMResult,
 )
 from langchain_core.prompt_values import PromptValue
+from langchain_core.runnables import RunnableConfig
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -213,6 +230,12 @@ class ModelSurface(BaseModel):
     _call_param_hints: ClassVar[dict[str, str]] = {}
     """Keys refused with a reason of their own (a pointer to the class that takes them)."""
     _limits: Limits | None = PrivateAttr(default=None)
+    if TYPE_CHECKING:
+        # Fields of the classes this surface is combined with (:class:`_Sampling`, declared
+        # here for the type checker only: a pydantic field here would replace theirs).
+        model_name: str
+        max_tokens: int | None
+        max_retries: int
     _limits_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _warned_unknown: bool = PrivateAttr(default=False)
 
@@ -222,6 +245,7 @@ class ModelSurface(BaseModel):
         depends on what is installed overrides this)."""
         return COMMON_CALL_PARAMS | self._call_params
 
+    @final
     def _check_call_params(self, kwargs: dict[str, Any]) -> None:
         check_call_params(
             type(self).__name__, list(kwargs), self._allowed_call_params(), self._call_param_hints
@@ -269,14 +293,28 @@ class ModelSurface(BaseModel):
         limit fields as soon as the model is built."""
         return None
 
+    @abc.abstractmethod
     def _health(self) -> HealthReport:
-        raise NotImplementedError
+        """Liveness and readiness without a billed call (required). May raise: ``health``
+        turns an exception into a ``down`` report."""
 
     async def _ahealth(self) -> HealthReport:
         return await asyncio.to_thread(self._health)
 
+    def _deep_health(self) -> HealthReport:
+        """``health(deep=True)``: a check that may cost (Azure: a one-token chat, billed), for
+        a backend whose free check cannot tell readiness; by default the free check."""
+        return self._health()
+
+    async def _adeep_health(self) -> HealthReport:
+        """Async twin of :meth:`_deep_health` (by default the free check, or the sync deep
+        check in a thread where only that one is filled)."""
+        if type(self)._deep_health is ModelSurface._deep_health:
+            return await self._ahealth()
+        return await asyncio.to_thread(self._deep_health)
+
     def _model_label(self) -> str | None:
-        return getattr(self, "model_name", None) or getattr(self, "model", None)
+        return self.model_name
 
     # ---- limits ----
     @model_validator(mode="after")
@@ -318,8 +356,9 @@ class ModelSurface(BaseModel):
 
     @property
     def _retries(self) -> int:
-        return int(getattr(self, "max_retries", 0))
+        return self.max_retries
 
+    @final
     def get_limits(self) -> Limits:
         """The model's limits: what was set, else what the backend reports (asked once)."""
         if self._limits is None:
@@ -329,6 +368,7 @@ class ModelSurface(BaseModel):
         assert self._limits is not None
         return self._limits
 
+    @final
     async def aget_limits(self) -> Limits:
         """Async twin of :meth:`get_limits`."""
         if self._limits is None:
@@ -336,9 +376,11 @@ class ModelSurface(BaseModel):
         return self._limits
 
     # ---- counting and fit ----
+    @abc.abstractmethod
     def _as_prompt(self, x: PromptInput, tools: Sequence[Any] | None, *, for_fit: bool) -> Prompt:
-        raise NotImplementedError
+        """What a call's input counts as (filled by the chat and completion bases)."""
 
+    @final
     def count_tokens(self, x: PromptInput, tools: Sequence[Any] | None = None) -> int:
         """Tokens in ``x`` (text or messages, with the tools that would be bound).
 
@@ -348,6 +390,7 @@ class ModelSurface(BaseModel):
         n = self._count_exact(prompt)
         return n if n is not None else self._fallback_bound(prompt)
 
+    @final
     async def acount_tokens(self, x: PromptInput, tools: Sequence[Any] | None = None) -> int:
         """Async twin of :meth:`count_tokens`."""
         prompt = self._as_prompt(x, tools, for_fit=False)
@@ -365,6 +408,7 @@ class ModelSurface(BaseModel):
         """Async twin of :meth:`count_tokens_exact`."""
         return await self._acount_exact(self._as_prompt(x, tools, for_fit=False))
 
+    @final
     def _fallback_bound(self, prompt: Prompt) -> int:
         bound = self._count_bound(prompt)
         if bound is None:
@@ -373,6 +417,7 @@ class ModelSurface(BaseModel):
             )
         return bound
 
+    @final
     def _unknown(self, prompt: Prompt, max_tokens: int | None) -> FitReport:
         if not self._warned_unknown:
             self._warned_unknown = True
@@ -385,6 +430,7 @@ class ModelSurface(BaseModel):
         bound = self._count_bound(prompt)
         return decide(bound or 0, exact=False, max_tokens=max_tokens, limits=Limits())
 
+    @final
     def _fit(
         self, prompt: Prompt, max_tokens: int | None, limits: Limits, *, clamp: bool
     ) -> FitReport | None:
@@ -410,6 +456,7 @@ class ModelSurface(BaseModel):
             return replace(report, max_tokens=max_tokens, max_tokens_effective=max_tokens)
         return None
 
+    @final
     def _fit_exact(
         self,
         prompt: Prompt,
@@ -429,6 +476,7 @@ class ModelSurface(BaseModel):
             clamp=clamp,
         )
 
+    @final
     def _report(self, prompt: Prompt, max_tokens: int | None, *, clamp: bool = False) -> FitReport:
         """The fit report: the cheap bounds if they decide, else an exact count (retried)."""
         limits = self.get_limits()
@@ -438,6 +486,7 @@ class ModelSurface(BaseModel):
             report = self._fit_exact(prompt, n, max_tokens, limits, clamp=clamp)
         return report
 
+    @final
     async def _areport(
         self, prompt: Prompt, max_tokens: int | None, *, clamp: bool = False
     ) -> FitReport:
@@ -449,9 +498,11 @@ class ModelSurface(BaseModel):
             report = self._fit_exact(prompt, n, max_tokens, limits, clamp=clamp)
         return report
 
+    @final
     def _own_max_tokens(self, max_tokens: int | None) -> int | None:
-        return max_tokens if max_tokens is not None else getattr(self, "max_tokens", None)
+        return max_tokens if max_tokens is not None else self.max_tokens
 
+    @final
     def check_fit(
         self, x: PromptInput, max_tokens: int | None = None, tools: Sequence[Any] | None = None
     ) -> FitReport:
@@ -463,6 +514,7 @@ class ModelSurface(BaseModel):
         prompt = self._as_prompt(x, tools, for_fit=True)
         return self._report(prompt, self._own_max_tokens(max_tokens))
 
+    @final
     async def acheck_fit(
         self, x: PromptInput, max_tokens: int | None = None, tools: Sequence[Any] | None = None
     ) -> FitReport:
@@ -470,6 +522,7 @@ class ModelSurface(BaseModel):
         prompt = self._as_prompt(x, tools, for_fit=True)
         return await self._areport(prompt, self._own_max_tokens(max_tokens))
 
+    @final
     def is_valid_prompt(self, x: PromptInput) -> bool:
         """Whether a call with ``x`` would be accepted: ``check_fit(x).fits`` with the model's
         own ``max_tokens``, under its ``context_overflow`` policy (``clamp`` accepts what it
@@ -480,6 +533,7 @@ class ModelSurface(BaseModel):
         prompt = self._as_prompt(x, None, for_fit=True)
         return self._accepted(self._report(prompt, self._own_max_tokens(None), clamp=clamp))
 
+    @final
     async def ais_valid_prompt(self, x: PromptInput) -> bool:
         """Async twin of :meth:`is_valid_prompt`."""
         if self.context_overflow == "ignore":
@@ -489,6 +543,7 @@ class ModelSurface(BaseModel):
         report = await self._areport(prompt, self._own_max_tokens(None), clamp=clamp)
         return self._accepted(report)
 
+    @final
     def _accepted(self, report: FitReport) -> bool:
         try:
             enforce(report, self.context_overflow, backend=self._backend)
@@ -497,36 +552,48 @@ class ModelSurface(BaseModel):
         return True
 
     # ---- health ----
-    def health(self) -> HealthReport:
-        """Liveness and readiness, without a billed call. Never raises."""
+    @final
+    def health(self, deep: bool = False) -> HealthReport:
+        """Liveness and readiness, without a billed call. Never raises.
+
+        ``deep=True`` also runs the check that may cost, where a backend needs one to know
+        readiness (Azure OpenAI: a one-token chat to the deployment, **billed**); on the other
+        backends it is the same check as ``deep=False``.
+        """
         started = time.perf_counter()
         try:
-            return self._health()
+            return self._deep_health() if deep else self._health()
         except Exception as exc:
             return down(started, self._model_label(), describe(exc))
 
-    async def ahealth(self) -> HealthReport:
-        """Async twin of :meth:`health`; also never raises."""
+    @final
+    async def ahealth(self, deep: bool = False) -> HealthReport:
+        """Async twin of :meth:`health` (within ``health_timeout``); also never raises."""
         started = time.perf_counter()
         try:
-            return await asyncio.wait_for(self._ahealth(), timeout=self.health_timeout)
+            probe = self._adeep_health() if deep else self._ahealth()
+            return await asyncio.wait_for(probe, timeout=self.health_timeout)
         except asyncio.TimeoutError:
             return down(started, self._model_label(), f"no answer within {self.health_timeout}s")
         except Exception as exc:
             return down(started, self._model_label(), describe(exc))
 
+    @final
     def is_alive(self) -> bool:
         """``health().alive``, within ``health_timeout``."""
         return self.health().alive
 
+    @final
     async def ais_alive(self) -> bool:
         """Async twin of :meth:`is_alive`."""
         return (await self.ahealth()).alive
 
     # ---- the policy, before every call ----
+    @final
     def _policy(self, kwargs: dict[str, Any]) -> ContextOverflowPolicy:
         return check_policy(kwargs.pop("context_overflow", self.context_overflow))
 
+    @final
     def _apply(
         self, report: FitReport, policy: ContextOverflowPolicy, params: dict[str, Any]
     ) -> FitReport:
@@ -535,6 +602,7 @@ class ModelSurface(BaseModel):
             params["max_tokens"] = report.max_tokens_effective
         return report
 
+    @final
     def _gate(
         self, prompt: Prompt, params: dict[str, Any], policy: ContextOverflowPolicy
     ) -> FitReport:
@@ -544,6 +612,7 @@ class ModelSurface(BaseModel):
         report = self._report(prompt, params.get("max_tokens"), clamp=policy == "clamp")
         return self._apply(report, policy, params)
 
+    @final
     async def _agate(
         self, prompt: Prompt, params: dict[str, Any], policy: ContextOverflowPolicy
     ) -> FitReport:
@@ -673,20 +742,29 @@ class MultiLLMChatModel(ModelSurface, _Sampling, BaseChatModel):
     stream_usage: bool = True
     """Whether streams carry token usage (asked of the server, or counted exactly)."""
 
+    _batches_in_engine: ClassVar[bool] = False
+    """Whether the backend's engine batches concurrent requests itself (in-process vLLM): then
+    a sync ``batch`` / ``generate`` of several inputs runs them all at once on the async path
+    (:func:`run_async`) instead of LangChain's pool of a few worker threads."""
+
     # ---- hooks for chat backends ----
+    @abc.abstractmethod
     def _chat(self, req: ChatRequest) -> ChatResult:
-        raise NotImplementedError
+        """One whole answer (required)."""
 
     async def _achat(self, req: ChatRequest) -> ChatResult:
         return await asyncio.to_thread(self._chat, req)
 
+    @abc.abstractmethod
     def _chat_stream(self, req: ChatRequest) -> Iterator[ChatGenerationChunk]:
-        raise NotImplementedError
+        """The answer as it comes (required); the last chunk carries ``finish_reason``."""
 
+    @abc.abstractmethod
     def _achat_stream(self, req: ChatRequest) -> AsyncIterator[ChatGenerationChunk]:
-        raise NotImplementedError
+        """Async twin of :meth:`_chat_stream` (required: an async generator)."""
 
     # ---- LangChain plumbing ----
+    @final
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = {**self._default_params(), **{k: v for k, v in kwargs.items() if v is not None}}
         ls = LangSmithParams(
@@ -702,16 +780,19 @@ class MultiLLMChatModel(ModelSurface, _Sampling, BaseChatModel):
             ls["ls_stop"] = stop or params["stop"]
         return ls
 
+    @final
     def get_num_tokens(self, text: str) -> int:
         """Tokens in ``text`` with the backend's tokenizer (same as :meth:`count_tokens`)."""
         return self.count_tokens(text)
 
+    @final
     def get_num_tokens_from_messages(
         self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
     ) -> int:
         """Tokens the messages take as a prompt (same as :meth:`count_tokens`)."""
         return self.count_tokens(messages, tools=tools)
 
+    @final
     def _as_prompt(self, x: PromptInput, tools: Sequence[Any] | None, *, for_fit: bool) -> Prompt:
         tool_dicts = self._format_tools(tools) if tools else None
         if isinstance(x, PromptValue):
@@ -727,6 +808,7 @@ class MultiLLMChatModel(ModelSurface, _Sampling, BaseChatModel):
 
         return [convert_to_openai_tool(t) for t in tools]
 
+    @final
     def _start(
         self,
         messages: list[BaseMessage],
@@ -752,6 +834,7 @@ class MultiLLMChatModel(ModelSurface, _Sampling, BaseChatModel):
         """Hook: refuse a request this backend can never serve, before any network call
         (the fit check may already ask the server). Raise :class:`InvalidInputError`."""
 
+    @final
     def _prepare(
         self,
         messages: list[BaseMessage],
@@ -764,6 +847,7 @@ class MultiLLMChatModel(ModelSurface, _Sampling, BaseChatModel):
         req.fit = self._gate(prompt, req.params, policy)
         return req
 
+    @final
     async def _aprepare(
         self,
         messages: list[BaseMessage],
@@ -776,6 +860,7 @@ class MultiLLMChatModel(ModelSurface, _Sampling, BaseChatModel):
         req.fit = await self._agate(prompt, req.params, policy)
         return req
 
+    @final
     def _generate(
         self,
         messages: list[BaseMessage],
@@ -788,6 +873,7 @@ class MultiLLMChatModel(ModelSurface, _Sampling, BaseChatModel):
         req = self._prepare(messages, stop, kwargs, stream=False)
         return call(self.max_retries, self._chat, req)
 
+    @final
     async def _agenerate(
         self,
         messages: list[BaseMessage],
@@ -800,6 +886,7 @@ class MultiLLMChatModel(ModelSurface, _Sampling, BaseChatModel):
         req = await self._aprepare(messages, stop, kwargs, stream=False)
         return await acall(self.max_retries, self._achat, req)
 
+    @final
     def _stream(
         self,
         messages: list[BaseMessage],
@@ -810,6 +897,7 @@ class MultiLLMChatModel(ModelSurface, _Sampling, BaseChatModel):
         req = self._prepare(messages, stop, kwargs, stream=True)
         yield from first_then_rest(self.max_retries, lambda: self._chat_stream(req), run_manager)
 
+    @final
     async def _astream(
         self,
         messages: list[BaseMessage],
@@ -823,6 +911,39 @@ class MultiLLMChatModel(ModelSurface, _Sampling, BaseChatModel):
         ):
             yield chunk
 
+    # ---- many inputs at once ----
+    @final
+    def batch(
+        self,
+        inputs: list[Any],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
+        """LangChain's ``batch``; where the engine batches itself (``_batches_in_engine``),
+        every input goes to it at once, not through a thread pool of a few workers (each input
+        keeps its own settings and fit check)."""
+        if self._batches_in_engine and len(inputs) > 1:
+            return run_async(
+                self.abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+            )
+        return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+
+    @final
+    def generate(
+        self,
+        messages: list[list[BaseMessage]],
+        stop: list[str] | None = None,
+        callbacks: Callbacks = None,
+        **kwargs: Any,
+    ) -> LLMResult:
+        """LangChain's ``generate``; where the engine batches itself (``_batches_in_engine``),
+        the conversations are in flight in it together."""
+        if self._batches_in_engine and len(messages) > 1:
+            return run_async(self.agenerate(messages, stop=stop, callbacks=callbacks, **kwargs))
+        return super().generate(messages, stop=stop, callbacks=callbacks, **kwargs)
+
 
 # ------------------------------------------------------------------ completion
 
@@ -832,18 +953,27 @@ class MultiLLMCompletionModel(ModelSurface, _Sampling, BaseLLM):
 
     model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True, extra="forbid")
 
+    _batches_in_engine: ClassVar[bool] = False
+    """Whether the backend's engine batches concurrent requests itself (in-process vLLM): then
+    a sync call with several prompts runs them all at once on the async path
+    (:func:`run_async`) instead of one by one."""
+
+    @abc.abstractmethod
     def _complete(self, req: CompletionRequest) -> Generation:
-        raise NotImplementedError
+        """One whole completion (required)."""
 
     async def _acomplete(self, req: CompletionRequest) -> Generation:
         return await asyncio.to_thread(self._complete, req)
 
+    @abc.abstractmethod
     def _complete_stream(self, req: CompletionRequest) -> Iterator[GenerationChunk]:
-        raise NotImplementedError
+        """The completion as it comes (required); the last chunk carries ``finish_reason``."""
 
+    @abc.abstractmethod
     def _acomplete_stream(self, req: CompletionRequest) -> AsyncIterator[GenerationChunk]:
-        raise NotImplementedError
+        """Async twin of :meth:`_complete_stream` (required: an async generator)."""
 
+    @final
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         ls = LangSmithParams(
             ls_provider=self._backend,
@@ -855,10 +985,12 @@ class MultiLLMCompletionModel(ModelSurface, _Sampling, BaseLLM):
             ls["ls_max_tokens"] = max_tokens
         return ls
 
+    @final
     def get_num_tokens(self, text: str) -> int:
         """Tokens in ``text`` with the backend's tokenizer."""
         return self.count_tokens(text)
 
+    @final
     def _as_prompt(self, x: PromptInput, tools: Sequence[Any] | None, *, for_fit: bool) -> Prompt:
         if tools:
             raise InvalidInputError("tools", "a completion model takes no tools")
@@ -870,6 +1002,7 @@ class MultiLLMCompletionModel(ModelSurface, _Sampling, BaseLLM):
 
         return Prompt(text=get_buffer_string(convert_to_messages(x)))
 
+    @final
     def _start(
         self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any], *, stream: bool
     ) -> tuple[CompletionRequest, ContextOverflowPolicy]:
@@ -888,6 +1021,7 @@ class MultiLLMCompletionModel(ModelSurface, _Sampling, BaseLLM):
         """Hook: refuse a request this backend can never serve, before any network call
         (the fit check may already ask the server). Raise :class:`InvalidInputError`."""
 
+    @final
     def _prepare(
         self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any], *, stream: bool
     ) -> CompletionRequest:
@@ -895,6 +1029,7 @@ class MultiLLMCompletionModel(ModelSurface, _Sampling, BaseLLM):
         req.fit = self._gate(Prompt(text=prompt), req.params, policy)
         return req
 
+    @final
     async def _aprepare(
         self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any], *, stream: bool
     ) -> CompletionRequest:
@@ -902,6 +1037,7 @@ class MultiLLMCompletionModel(ModelSurface, _Sampling, BaseLLM):
         req.fit = await self._agate(Prompt(text=prompt), req.params, policy)
         return req
 
+    @final
     def _generate(
         self,
         prompts: list[str],
@@ -909,6 +1045,9 @@ class MultiLLMCompletionModel(ModelSurface, _Sampling, BaseLLM):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> LLMResult:
+        if self._batches_in_engine and len(prompts) > 1 and not self.streaming:
+            # All prompts at once on the async path (the engine batches them).
+            return run_async(self._agenerate(prompts, stop, None, **kwargs))
         gens: list[list[Generation]] = []
         for prompt in prompts:
             if self.streaming:
@@ -919,6 +1058,7 @@ class MultiLLMCompletionModel(ModelSurface, _Sampling, BaseLLM):
             gens.append([call(self.max_retries, self._complete, req)])
         return LLMResult(generations=gens, llm_output={"model_name": self.model_name})
 
+    @final
     async def _agenerate(
         self,
         prompts: list[str],
@@ -939,6 +1079,7 @@ class MultiLLMCompletionModel(ModelSurface, _Sampling, BaseLLM):
             generations=[[g] for g in gens], llm_output={"model_name": self.model_name}
         )
 
+    @final
     def _stream(
         self,
         prompt: str,
@@ -951,6 +1092,7 @@ class MultiLLMCompletionModel(ModelSurface, _Sampling, BaseLLM):
             self.max_retries, lambda: self._complete_stream(req), run_manager
         )
 
+    @final
     async def _astream(
         self,
         prompt: str,
@@ -963,6 +1105,30 @@ class MultiLLMCompletionModel(ModelSurface, _Sampling, BaseLLM):
             self.max_retries, lambda: self._acomplete_stream(req), run_manager
         ):
             yield chunk
+
+
+def run_async(coro: Awaitable[Any]) -> Any:
+    """Run a coroutine to completion from sync code (even inside a running loop, e.g. Jupyter),
+    on a fresh loop in one worker thread; the caller's context (LangChain's tracing and parent
+    run live in context variables) goes with it. Interrupted (Ctrl-C in a notebook), the
+    coroutine is cancelled instead of awaited to its end."""
+    running: dict[str, Any] = {}
+
+    async def main() -> Any:
+        running["task"], running["loop"] = asyncio.current_task(), asyncio.get_running_loop()
+        return await coro
+
+    ctx = contextvars.copy_context()
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="multillm-batch")
+    fut = pool.submit(ctx.run, asyncio.run, main())
+    try:
+        return fut.result()
+    except BaseException:
+        if not fut.done() and "task" in running:
+            running["loop"].call_soon_threadsafe(running["task"].cancel)
+        raise
+    finally:
+        pool.shutdown(wait=False)
 
 
 def join_chunks(chunks: list[GenerationChunk], *, backend: str | None = None) -> Generation:

@@ -20,7 +20,7 @@ import threading
 import time
 import warnings
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, final
 from urllib.parse import urlparse, urlsplit
 
 import httpx
@@ -473,6 +473,13 @@ class HTTPConnection(BaseModel):
 
     _backend: ClassVar[str] = "http"
     _sync: httpx.Client | None = PrivateAttr(default=None)
+    if TYPE_CHECKING:
+        # Fields of the model this connection is combined with (``ModelSurface`` and
+        # ``_Sampling`` in ``_base``), declared for the type checker only: a pydantic field
+        # here would replace theirs.
+        model_name: str
+        context_window: int | None
+        health_timeout: float
 
     # ---- clients ----
     def _headers(self) -> dict[str, str]:
@@ -500,6 +507,7 @@ class HTTPConnection(BaseModel):
             out.append(token)
         return [x for x in out if len(x) >= 4]  # a 1-3 character "key" would mask plain text
 
+    @final
     def _response_error(self, response: httpx.Response) -> MultiLLMError:
         """The error of the tree for a non-2xx response, with this model's credentials masked
         wherever the server echoed them."""
@@ -515,6 +523,7 @@ class HTTPConnection(BaseModel):
             )
         return self._sync
 
+    @final
     def _request_kwargs(self, timeout: float | None = None) -> dict[str, Any]:
         kw: dict[str, Any] = {"headers": self._headers()}
         if self.http_client is not None or self.http_async_client is not None:
@@ -528,6 +537,7 @@ class HTTPConnection(BaseModel):
         return kw
 
     # ---- the aiohttp path (no async client injected) ----
+    @final
     async def _aio_send(
         self, method: str, url: str, content: bytes | None, timeout: float | None
     ) -> tuple[aiohttp.ClientResponse, bytes | None]:
@@ -561,6 +571,7 @@ class HTTPConnection(BaseModel):
                 return resp, body
             resp.release()
 
+    @final
     async def _aio_call(
         self, method: str, url: str, content: bytes | None, timeout: float | None = None
     ) -> httpx.Response:
@@ -573,6 +584,7 @@ class HTTPConnection(BaseModel):
         except _aio_error_types() as exc:
             raise from_aiohttp_error(exc, backend=self._backend) from exc
 
+    @final
     async def _aio_post_json(self, url: str, body: dict[str, Any]) -> Any:
         """The hot path: a JSON POST whose 2xx body is decoded without building a response."""
         content = _dumps(body)
@@ -595,6 +607,7 @@ class HTTPConnection(BaseModel):
         raise self._response_error(error)
 
     # ---- plain JSON calls ----
+    @final
     def _json(self, r: httpx.Response) -> Any:
         if r.status_code >= 400:
             raise self._response_error(r)
@@ -605,6 +618,7 @@ class HTTPConnection(BaseModel):
                 f"not JSON: {r.text[:200]!r}", body=r.text, backend=self._backend
             ) from None
 
+    @final
     def _post_json(self, url: str, body: dict[str, Any]) -> Any:
         try:
             r = self._client.post(url, json=body, **self._request_kwargs())
@@ -612,6 +626,7 @@ class HTTPConnection(BaseModel):
             raise from_httpx_error(exc, backend=self._backend) from exc
         return self._json(r)
 
+    @final
     async def _apost_json(self, url: str, body: dict[str, Any]) -> Any:
         if self.http_async_client is None:
             return await self._aio_post_json(url, body)
@@ -621,6 +636,7 @@ class HTTPConnection(BaseModel):
             raise from_httpx_error(exc, backend=self._backend) from exc
         return self._json(r)
 
+    @final
     def _get(self, url: str, timeout: float | None = None) -> httpx.Response:
         """A GET whose status the caller judges (health routes); transport errors raise."""
         try:
@@ -628,6 +644,7 @@ class HTTPConnection(BaseModel):
         except httpx.HTTPError as exc:
             raise from_httpx_error(exc, backend=self._backend) from exc
 
+    @final
     async def _aget(self, url: str, timeout: float | None = None) -> httpx.Response:
         """Async twin of :meth:`_get`."""
         if self.http_async_client is None:
@@ -637,13 +654,16 @@ class HTTPConnection(BaseModel):
         except httpx.HTTPError as exc:
             raise from_httpx_error(exc, backend=self._backend) from exc
 
+    @final
     def _get_json(self, url: str, timeout: float | None = None) -> Any:
         return self._json(self._get(url, timeout))
 
+    @final
     async def _aget_json(self, url: str, timeout: float | None = None) -> Any:
         return self._json(await self._aget(url, timeout))
 
     # ---- streams ----
+    @final
     def _sse(self, url: str, body: dict[str, Any], events: EventParser) -> Iterator[dict[str, Any]]:
         """POST and parse the server-sent events with ``events(lines, backend=...)``."""
         try:
@@ -655,6 +675,7 @@ class HTTPConnection(BaseModel):
         except httpx.HTTPError as exc:
             raise from_httpx_error(exc, backend=self._backend) from exc
 
+    @final
     async def _asse(
         self, url: str, body: dict[str, Any], events: AsyncEventParser
     ) -> AsyncIterator[dict[str, Any]]:
@@ -674,6 +695,7 @@ class HTTPConnection(BaseModel):
         except httpx.HTTPError as exc:
             raise from_httpx_error(exc, backend=self._backend) from exc
 
+    @final
     async def _aio_sse(
         self, url: str, body: dict[str, Any], events: AsyncEventParser
     ) -> AsyncIterator[dict[str, Any]]:
@@ -692,12 +714,14 @@ class HTTPConnection(BaseModel):
         except _aio_error_types() as exc:
             raise from_aiohttp_error(exc, backend=self._backend) from exc
 
+    @final
     def close(self) -> None:
         """Close the sync client this model opened (injected clients are left alone)."""
         if self._sync is not None:
             self._sync.close()
             self._sync = None
 
+    @final
     async def aclose(self) -> None:
         """Close what this model opened: its sync client, and the shared async session of the
         running loop (the models that share it open a new one on their next call)."""

@@ -7,6 +7,7 @@ SDK models: that is both faster and the same code for every backend.
 
 from __future__ import annotations
 
+import abc
 import json
 from collections.abc import (
     AsyncIterable,
@@ -18,7 +19,7 @@ from collections.abc import (
     Sequence,
 )
 from operator import itemgetter
-from typing import Any, Literal
+from typing import Any, Literal, final
 
 from langchain_core.language_models import LanguageModelInput
 from langchain_core.messages import (
@@ -311,16 +312,18 @@ async def aiter_sse(
         raise _no_done(backend)
 
 
-class _StreamState:
+class _StreamState(abc.ABC):
     """What both stream states share: feed every chunk, then close (``finish``)."""
 
+    @abc.abstractmethod
     def feed(self, chunk: dict[str, Any]) -> Any:
-        raise NotImplementedError
+        """One chunk in; what to yield, or None."""
 
+    @abc.abstractmethod
     def finish(self) -> Any:
-        raise NotImplementedError
+        """The closing item; raises where the stream was cut."""
 
-    async def _before_finish(self) -> None:
+    async def _before_finish(self) -> None:  # noqa: B027 (optional hook)
         """Async work before the closing chunk (an async usage count)."""
 
     def run(self, chunks: Iterable[dict[str, Any]]) -> Iterator[Any]:
@@ -503,6 +506,7 @@ class OpenAIToolsMixin(MultiLLMChatModel):
     default_structured_method: StructuredMethod = "json_schema"
     """How ``with_structured_output`` asks for structure when no method is given."""
 
+    @final
     def bind_tools(
         self,
         tools: Sequence[dict[str, Any] | type | Callable[..., Any] | Any],
@@ -530,6 +534,7 @@ class OpenAIToolsMixin(MultiLLMChatModel):
             kwargs["parallel_tool_calls"] = parallel_tool_calls
         return super().bind(tools=formatted, **kwargs)
 
+    @final
     def with_structured_output(
         self,
         schema: dict[str, Any] | type | None = None,
@@ -622,13 +627,16 @@ class OpenAIToolsMixin(MultiLLMChatModel):
 class OpenAIChatOverHTTP(HTTPConnection, OpenAIToolsMixin):
     """A chat model that posts OpenAI chat bodies over an :class:`HTTPConnection`.
 
-    A backend names its URL (``_chat_url``) and may reshape the body (``_chat_body``), check
-    the request before it goes (``_before_send`` / ``_abefore_send``), and fill stream usage a
-    server leaves out (``_usage_fallback`` / ``_ausage_fallback``).
+    A backend names its URL (``_chat_url``, required) and may reshape the body
+    (``_chat_body``), check the request before it goes (``_before_send`` /
+    ``_abefore_send``), and fill stream usage a server leaves out (``_usage_fallback`` /
+    ``_ausage_fallback``). The four chat hooks of :class:`MultiLLMChatModel` are filled here
+    (final): a backend on this layer does not write them.
     """
 
+    @abc.abstractmethod
     def _chat_url(self) -> str:
-        raise NotImplementedError
+        """The URL of ``POST /chat/completions`` (required)."""
 
     def _chat_body(self, req: ChatRequest, *, stream_usage: bool) -> dict[str, Any]:
         return chat_payload(
@@ -650,16 +658,19 @@ class OpenAIChatOverHTTP(HTTPConnection, OpenAIToolsMixin):
     ) -> Callable[[str], Awaitable[UsageMetadata | None]] | None:
         return None
 
+    @final
     def _chat(self, req: ChatRequest) -> ChatResult:
         self._before_send(req)
         body = self._post_json(self._chat_url(), self._chat_body(req, stream_usage=False))
         return chat_result(body, backend=self._backend, fallback_model=self.model_name)
 
+    @final
     async def _achat(self, req: ChatRequest) -> ChatResult:
         await self._abefore_send(req)
         body = await self._apost_json(self._chat_url(), self._chat_body(req, stream_usage=False))
         return chat_result(body, backend=self._backend, fallback_model=self.model_name)
 
+    @final
     def _chat_stream(self, req: ChatRequest) -> Iterator[ChatGenerationChunk]:
         self._before_send(req)
         body = self._chat_body(req, stream_usage=self.stream_usage)
@@ -670,6 +681,7 @@ class OpenAIChatOverHTTP(HTTPConnection, OpenAIToolsMixin):
         )
         yield from state.run(self._sse(self._chat_url(), body, iter_sse))
 
+    @final
     async def _achat_stream(self, req: ChatRequest) -> AsyncIterator[ChatGenerationChunk]:
         await self._abefore_send(req)
         body = self._chat_body(req, stream_usage=self.stream_usage)

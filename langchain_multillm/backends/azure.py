@@ -617,34 +617,20 @@ class ChatAzureOpenAI(OpenAIToolsMixin):
         return _bytes_bound(messages, prompt.tools)
 
     # ---- health ----
-    def health(self, deep: bool = False) -> HealthReport:
-        """Liveness (``GET /openai/models``: endpoint and key, free). Never raises.
-
-        ``ready`` needs a generation: with ``deep=True`` a one-token chat is sent to the
-        deployment (**billed**, one output token); without it ``ready`` is False and
-        ``detail`` says so.
-        """
-        started = time.perf_counter()
-        try:
-            return self._health_sync(deep)
-        except Exception as exc:
-            return down(started, self.model_name, describe(exc))
-
-    async def ahealth(self, deep: bool = False) -> HealthReport:
-        """Async twin of :meth:`health`; also never raises."""
-        started = time.perf_counter()
-        try:
-            return await asyncio.wait_for(self._health_async(deep), timeout=self.health_timeout)
-        except asyncio.TimeoutError:
-            return down(started, self.model_name, f"no answer within {self.health_timeout}s")
-        except Exception as exc:
-            return down(started, self.model_name, describe(exc))
-
+    # ``health()``: liveness (``GET /openai/models``: endpoint and key, free); ``ready`` needs a
+    # generation: ``health(deep=True)`` sends a one-token chat to the deployment (**billed**,
+    # one output token); without it ``ready`` is False and ``detail`` says so.
     def _health(self) -> HealthReport:
         return self._health_sync(False)
 
     async def _ahealth(self) -> HealthReport:
         return await self._health_async(False)
+
+    def _deep_health(self) -> HealthReport:
+        return self._health_sync(True)
+
+    async def _adeep_health(self) -> HealthReport:
+        return await self._health_async(True)
 
     def _probe_body(self) -> dict[str, Any]:
         family = self._family

@@ -414,7 +414,7 @@ class _LlamaModel(ModelSurface):
         the GGUF file is there and readable, ready means this model is loaded and tokenizes."""
         started = time.perf_counter()
         name = Path(self.model_path).name
-        model = getattr(self, "model_name", None)
+        model = self.model_name
         try:
             with open(self.model_path, "rb") as f:
                 magic = f.read(4)

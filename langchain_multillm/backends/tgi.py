@@ -242,7 +242,7 @@ class _TGIConnection(HTTPConnection):
 
     def _health(self) -> HealthReport:
         started = time.perf_counter()
-        t = self.health_timeout / 2  # type: ignore[attr-defined]
+        t = self.health_timeout / 2
         health: httpx.Response | Exception
         info: Any
         try:
@@ -257,7 +257,7 @@ class _TGIConnection(HTTPConnection):
 
     async def _ahealth(self) -> HealthReport:
         started = time.perf_counter()
-        t = self.health_timeout / 2  # type: ignore[attr-defined]
+        t = self.health_timeout / 2
         health: httpx.Response | Exception
         info: Any
         try:

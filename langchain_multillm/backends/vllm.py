@@ -27,7 +27,6 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextlib
-import contextvars
 import dataclasses
 import importlib.util
 import json
@@ -38,17 +37,13 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
-from langchain_core.callbacks import Callbacks
 from langchain_core.language_models.chat_models import agenerate_from_stream
-from langchain_core.messages import BaseMessage
 from langchain_core.outputs import (
     ChatGenerationChunk,
     ChatResult,
     Generation,
     GenerationChunk,
-    LLMResult,
 )
-from langchain_core.runnables import RunnableConfig
 from pydantic import Field, PrivateAttr, model_validator
 
 from langchain_multillm._base import (
@@ -615,7 +610,7 @@ class _VLLMEngineModel(ModelSurface):
     # ---- the engine ----
     def _engine_args(self) -> dict[str, Any]:
         args: dict[str, Any] = {
-            "model": getattr(self, "model_name", None),
+            "model": self.model_name,
             "tensor_parallel_size": self.tensor_parallel_size,
             "gpu_memory_utilization": self.gpu_memory_utilization,
             "max_model_len": self.max_model_len,
@@ -732,7 +727,7 @@ class _VLLMEngineModel(ModelSurface):
         """Never starts an engine: alive means this model's engine runs (not shut down, not
         dead); ready means its renderer and tokenizer answer (the model is loaded)."""
         started = time.perf_counter()
-        model = getattr(self, "model_name", None)
+        model = self.model_name
         eng = self._started_engine()
         if eng is None:
             return down(started, model, "the engine is not started (starts on first use)")
@@ -834,10 +829,10 @@ class _VLLMEngineModel(ModelSurface):
 
     def _check_model(self, params: dict[str, Any]) -> None:
         asked = params.get("model")
-        if asked is not None and asked != getattr(self, "model_name", None):
+        if asked is not None and asked != self.model_name:
             raise InvalidInputError(
                 "model",
-                f"an in-process engine serves only {getattr(self, 'model_name', None)!r}; "
+                f"an in-process engine serves only {self.model_name!r}; "
                 f"got {asked!r} (make another instance for another model)",
             )
 
@@ -1057,6 +1052,9 @@ class ChatVLLM(_VLLMEngineModel, OpenAIToolsMixin):
 
     _backend = BACKEND
     _call_params = frozenset(_CHAT_ONLY | {"tools"})
+    # vLLM batches what is in flight together: a sync batch/generate of several inputs submits
+    # them all at once (the base runs them on the async path) instead of a few at a time.
+    _batches_in_engine = True
 
     @property
     def _llm_type(self) -> str:
@@ -1198,61 +1196,6 @@ class ChatVLLM(_VLLMEngineModel, OpenAIToolsMixin):
     def _achat_stream(self, req: ChatRequest) -> AsyncIterator[ChatGenerationChunk]:
         return self._agen(req)
 
-    # ---- many inputs at once ----
-    def batch(
-        self,
-        inputs: list[Any],
-        config: RunnableConfig | list[RunnableConfig] | None = None,
-        *,
-        return_exceptions: bool = False,
-        **kwargs: Any,
-    ) -> list[Any]:
-        """Every input goes to the engine at once (vLLM batches them), not through a thread
-        pool of a few workers; each keeps its own settings and fit check."""
-        if len(inputs) <= 1:
-            return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
-        return _run_async(
-            self.abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
-        )
-
-    def generate(
-        self,
-        messages: list[list[BaseMessage]],
-        stop: list[str] | None = None,
-        callbacks: Callbacks = None,
-        **kwargs: Any,
-    ) -> LLMResult:
-        """Like LangChain's, but several conversations are in flight in the engine together."""
-        if len(messages) <= 1:
-            return super().generate(messages, stop=stop, callbacks=callbacks, **kwargs)
-        return _run_async(self.agenerate(messages, stop=stop, callbacks=callbacks, **kwargs))
-
-
-def _run_async(coro: Awaitable[Any]) -> Any:
-    """Run a coroutine to completion from sync code (even inside a running loop, e.g. Jupyter)."""
-
-    running: dict[str, Any] = {}
-
-    async def main() -> Any:
-        running["task"], running["loop"] = asyncio.current_task(), asyncio.get_running_loop()
-        return await coro
-
-    # The caller's context (LangChain's tracing and parent run live in context variables)
-    # goes with it to the thread.
-    ctx = contextvars.copy_context()
-    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vllm-batch")
-    fut = pool.submit(ctx.run, asyncio.run, main())
-    try:
-        return fut.result()
-    except BaseException:
-        # Interrupted (Ctrl-C in a notebook): cancel the batch, which aborts its requests in
-        # the engine, instead of waiting for every answer.
-        if not fut.done() and "task" in running:
-            running["loop"].call_soon_threadsafe(running["task"].cancel)
-        raise
-    finally:
-        pool.shutdown(wait=False)
-
 
 # ------------------------------------------------------------------ completion
 
@@ -1266,6 +1209,7 @@ class VLLM(_VLLMEngineModel, MultiLLMCompletionModel):
 
     _backend = BACKEND
     _call_params: ClassVar[frozenset[str]] = frozenset()
+    _batches_in_engine = True  # all prompts of a sync call submitted to the engine at once
 
     @property
     def _llm_type(self) -> str:
@@ -1335,10 +1279,3 @@ class VLLM(_VLLMEngineModel, MultiLLMCompletionModel):
 
     def _acomplete_stream(self, req: CompletionRequest) -> AsyncIterator[GenerationChunk]:
         return self._agen(req)
-
-    def _generate(self, prompts: list[str], stop: list[str] | None = None, run_manager: Any = None,
-                  **kwargs: Any) -> LLMResult:  # fmt: skip
-        """All prompts go to the engine at once (the base class would send them one by one)."""
-        if len(prompts) <= 1 or self.streaming:
-            return super()._generate(prompts, stop, run_manager, **kwargs)
-        return _run_async(self._agenerate(prompts, stop, None, **kwargs))

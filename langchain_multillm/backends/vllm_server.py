@@ -265,7 +265,7 @@ class _ServerConnection(HTTPConnection):
 
     # ---- discovery ----
     def _limits_from_models(self, body: Any) -> Limits:
-        model = getattr(self, "model_name", None)
+        model = self.model_name
         try:
             cards = body["data"]
         except (KeyError, TypeError):
@@ -331,7 +331,7 @@ class _ServerConnection(HTTPConnection):
         return _count_of(await self._apost_json(f"{self._root}/tokenize", body)) if text else 0
 
     def _tokenize_body(self, prompt: Prompt | list[dict[str, Any]]) -> dict[str, Any]:
-        model = getattr(self, "model_name", None)
+        model = self.model_name
         if isinstance(prompt, list):
             return {"model": model, "messages": prompt, "add_generation_prompt": True}
         if prompt.text is not None:
@@ -387,7 +387,7 @@ class _ServerConnection(HTTPConnection):
         """``/health`` says whether the server can answer (a 5xx, or no answer: down);
         ``/models`` whether it serves the configured model. A server without a health route
         (404: llama.cpp's server and others) is judged by ``/models`` alone."""
-        model = getattr(self, "model_name", None)
+        model = self.model_name
         if isinstance(health, Exception):
             return down(started, model, f"/health failed: {describe(health)}")
         if unhealthy(health.status_code):
@@ -399,7 +399,7 @@ class _ServerConnection(HTTPConnection):
             state = "ok" if health.status_code < 400 else answered("/health", health)
             return not_ready(started, model, f"/health {state}; /models failed: {describe(models)}")
         limits = self._limits_from_models(models)
-        window = limits.context_window or self.context_window  # type: ignore[attr-defined]
+        window = limits.context_window or self.context_window
         served = [c.get("id") for c in models.get("data", [])]
         if health.status_code >= 400 and not no_route:  # 401, 403, 429: answers, refuses
             return not_ready(started, model, answered("/health", health), window)
@@ -418,7 +418,7 @@ class _ServerConnection(HTTPConnection):
 
     def _health(self) -> HealthReport:
         started = time.perf_counter()
-        t = self.health_timeout / 2  # type: ignore[attr-defined]
+        t = self.health_timeout / 2
         health: httpx.Response | Exception
         try:
             health = self._get(f"{self._root}/health", timeout=t)
@@ -432,7 +432,7 @@ class _ServerConnection(HTTPConnection):
 
     async def _ahealth(self) -> HealthReport:
         started = time.perf_counter()
-        t = self.health_timeout / 2  # type: ignore[attr-defined]
+        t = self.health_timeout / 2
         health: httpx.Response | Exception
         try:
             health = await self._aget(f"{self._root}/health", timeout=t)

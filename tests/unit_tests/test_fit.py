@@ -188,6 +188,12 @@ class CountingModel(MultiLLMChatModel):
         self.sent.append(dict(req.params))
         return ChatResult(generations=[ChatGeneration(message=_AI("ok"))])
 
+    def _chat_stream(self, req: ChatRequest) -> Any:  # required hooks, not used here
+        raise NotImplementedError
+
+    def _achat_stream(self, req: ChatRequest) -> Any:
+        raise NotImplementedError
+
 
 def test_lower_bound_counts_what_every_template_keeps() -> None:
     p = Prompt(messages=[SystemMessage("  abcd  "), HumanMessage("é" * 4), AIMessage("x" * 400)])
