@@ -551,6 +551,48 @@ def serve(
             raise typer.Exit(EXIT_USAGE) from None
 
 
+@app.command()
+def worker(
+    config: Annotated[
+        Path,
+        typer.Option(
+            "--config",
+            "-c",
+            dir_okay=False,
+            help="The gateway's YAML config, with a jobs: section (docs/jobs.md).",
+        ),
+    ],
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            "--concurrency",
+            min=1,
+            help="Jobs run at once, each in its own process (default: jobs.concurrency, 1).",
+        ),
+    ] = None,
+    loglevel: Annotated[
+        str, typer.Option("--loglevel", help="Log level (DEBUG, INFO, WARNING, ERROR).")
+    ] = "INFO",
+) -> None:
+    """Run the services' jobs: a Celery worker on the config's jobs.broker (Redis); needs the
+    [jobs] extra. A config without jobs: exits 2."""
+    with _errors():
+        from langchain_multillm.server.config import ConfigError, load_config
+
+        try:
+            loaded = load_config(config)
+            if loaded.jobs is None:
+                raise ConfigError(
+                    "jobs", "is required to run a worker (jobs: {broker: redis://...})"
+                )
+        except ConfigError as exc:
+            typer.echo(f"error: {_one_line(exc)}", err=True)
+            raise typer.Exit(EXIT_USAGE) from None
+        from langchain_multillm.server.celery_app import run_worker
+
+        run_worker(config, concurrency=concurrency, loglevel=loglevel.upper(), config=loaded)
+
+
 def main() -> None:
     """Entry point of the ``multillm`` console script."""
     app()

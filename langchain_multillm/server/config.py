@@ -46,6 +46,7 @@ from langchain_multillm.errors import InvalidInputError
 
 __all__ = [
     "ConfigError",
+    "JobsSettings",
     "ModelConfig",
     "ServeConfig",
     "ServerSettings",
@@ -252,6 +253,87 @@ class ModelConfig(BaseModel):
         return self
 
 
+_BROKER_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+class JobsSettings(BaseModel):
+    """The ``jobs:`` section: service jobs on Celery with Redis as broker and result store,
+    run by ``multillm worker`` processes. Without it, jobs run inside the gateway process."""
+
+    model_config = _STRICT
+
+    broker: SecretStr
+    """``redis://[:password@]host:port/db`` (or ``rediss://``, ``unix://``): Celery's broker and
+    the store of job statuses, progress and results."""
+
+    queue: str = Field(default="multillm-jobs", min_length=1, max_length=200, pattern=r"^[\w.:-]+$")
+    """The Celery queue (and Redis key prefix) the gateway and its workers share."""
+
+    result_ttl_s: int = Field(default=86_400, ge=1)
+    """Seconds a finished job's status and result stay in Redis; after that its id is unknown."""
+
+    visibility_timeout_s: float = Field(default=3600, ge=2)
+    """Seconds after which a job a worker took but did not finish (the worker died) goes to
+    another worker: the broker's visibility timeout. Every job's time limit stays below it."""
+
+    restore_interval_s: float = Field(default=10, gt=0)
+    """How often each worker looks for the jobs of dead workers past the visibility timeout."""
+
+    time_limit_s: float | None = Field(default=None, gt=0)
+    """The most one job may run (each job's own limit comes from its flavor's budgets, capped
+    by this); default and maximum: 90% of the visibility timeout."""
+
+    lease_s: float | None = Field(default=None, ge=1)
+    """Seconds a worker's claim on a job, and on a model slot (``max_concurrency`` holds across
+    workers), lasts unless renewed: what a dead worker holds frees after this. Default: 30, or a
+    third of the visibility timeout if that is less."""
+
+    min_tokens_per_s: float = Field(default=2.0, gt=0)
+    """The slowest generation expected: a job's time limit is its calls (one, or a summary's
+    batches and reductions) times 30 s plus its flavor's ``maxGenerationLength`` at this rate,
+    capped by ``time_limit_s``."""
+
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    """Starts of one job (its worker lost mid-job) before it is an error."""
+
+    concurrency: int = Field(default=1, ge=1, le=256)
+    """Jobs one ``multillm worker`` runs at once, each in its own process (``--concurrency``)."""
+
+    @field_validator("broker")
+    @classmethod
+    def _scheme(cls, url: SecretStr) -> SecretStr:
+        if not url.get_secret_value().startswith(_BROKER_SCHEMES):
+            raise ValueError(f"must be a Redis URL starting with {', '.join(_BROKER_SCHEMES)}")
+        return url
+
+    @model_validator(mode="after")
+    def _limits(self) -> JobsSettings:
+        cap = 0.9 * self.visibility_timeout_s
+        if self.time_limit_s is not None and self.time_limit_s > cap:
+            raise ValueError(
+                f"time_limit_s: {self.time_limit_s:g} must be at most 90% of "
+                f"visibility_timeout_s ({cap:g}): a job still running past the visibility "
+                "timeout would be given to a second worker"
+            )
+        if self.lease_s is not None and self.lease_s >= self.visibility_timeout_s:
+            raise ValueError(
+                f"lease_s: {self.lease_s:g} must be below visibility_timeout_s "
+                f"({self.visibility_timeout_s:g})"
+            )
+        return self
+
+    @property
+    def job_time_limit_s(self) -> float:
+        """The most one job may run: ``time_limit_s``, or 90% of the visibility timeout."""
+        return self.time_limit_s or 0.9 * self.visibility_timeout_s
+
+    @property
+    def claim_lease_s(self) -> float:
+        """Seconds a claim lasts unless renewed: ``lease_s``, else 30 or a third of the
+        visibility timeout if that is less."""
+        return self.lease_s or min(30.0, self.visibility_timeout_s / 3)
+
+
 class ServeConfig(BaseModel):
     """The whole file: ``server:`` and ``models:``."""
 
@@ -259,6 +341,8 @@ class ServeConfig(BaseModel):
 
     server: ServerSettings = Field(default_factory=ServerSettings)
     models: list[ModelConfig] = Field(min_length=1)
+    jobs: JobsSettings | None = None
+    """Jobs on Celery and Redis (``multillm worker``); None: jobs run in the gateway process."""
 
     _secrets: set[str] = PrivateAttr(default_factory=set)
 
@@ -278,7 +362,10 @@ class ServeConfig(BaseModel):
     @property
     def secrets(self) -> set[str]:
         """Values that must never be shown: the gateway's keys and interpolated secrets."""
-        return self._secrets | {k.get_secret_value() for k in self.server.api_keys}
+        out = self._secrets | {k.get_secret_value() for k in self.server.api_keys}
+        if self.jobs is not None:
+            out |= url_secrets(self.jobs.broker.get_secret_value())
+        return out
 
     def redact(self, text: str) -> str:
         """``text`` with every secret of this config replaced."""
@@ -292,8 +379,19 @@ class ServeConfig(BaseModel):
         for key, value in (("host", host), ("port", port), ("workers", workers)):
             if value is not None:
                 server[key] = value
-        data = {"server": server, "models": [m.model_dump() for m in self.models]}
+        data = {**self.model_dump(), "server": server}  # every section carried
         return _validate(data, self.secrets)
+
+
+def url_secrets(url: str) -> set[str]:
+    """The password (and the whole URL) of a URL that holds one, to be redacted."""
+    from urllib.parse import urlsplit
+
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return {url}
+    return {url, password} if password else set()
 
 
 def is_loopback(host: str) -> bool:
