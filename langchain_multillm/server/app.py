@@ -1007,11 +1007,20 @@ def create_app(config: ServeConfig | None = None) -> Starlette:
     from langchain_multillm.server.config import config_from_env
 
     gateway = Gateway(config if config is not None else config_from_env())
+    services = None
+    if gateway.config.services is not None:  # named services and their jobs (services/)
+        from langchain_multillm.server.services.routes import ServicesFront
+
+        services = ServicesFront(gateway)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gateway.startup()
+        if services is not None:
+            await services.startup()
         yield
+        if services is not None:
+            await services.shutdown()
         await gateway.shutdown()
 
     async def not_found(request: Request, exc: Exception) -> Response:
@@ -1042,6 +1051,9 @@ def create_app(config: ServeConfig | None = None) -> Starlette:
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: not_found})
     app.state.gateway = gateway
+    if services is not None:
+        app.router.routes.extend(services.routes())
+        app.state.services = services
     return app
 
 

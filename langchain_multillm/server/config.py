@@ -50,6 +50,7 @@ __all__ = [
     "ModelConfig",
     "ServeConfig",
     "ServerSettings",
+    "ServicesSettings",
     "config_from_env",
     "interpolate",
     "load_config",
@@ -334,6 +335,34 @@ class JobsSettings(BaseModel):
         return self.lease_s or min(30.0, self.visibility_timeout_s / 3)
 
 
+class ServicesSettings(BaseModel):
+    """The ``services:`` section: a folder of service files and one of prompt templates, in the
+    replaced gateway's shapes (docs/services.md); paths relative to the config file."""
+
+    model_config = _STRICT
+
+    dir: str = Field(default="services", min_length=1)
+    """The folder of service files (``*.yaml`` / ``*.yml``), checked for changes while serving."""
+
+    prompts: str = Field(default="prompts", min_length=1)
+    """The folder of prompt templates (``NAME.txt``)."""
+
+    reload_s: float = Field(default=1.0, gt=0, le=60)
+    """How often each process checks the files for changes (a change takes effect within it)."""
+
+    concurrency: int = Field(default=4, ge=1, le=10_000)
+    """Jobs run at once in the gateway process when there is no ``jobs:`` section."""
+
+    result_ttl_s: float = Field(default=3600, ge=1)
+    """Seconds a finished job's result is kept in the gateway process (no ``jobs:``)."""
+
+    def relative_to(self, base: Path) -> ServicesSettings:
+        """A copy with the folders made absolute from ``base`` (the config file's folder)."""
+        return self.model_copy(
+            update={"dir": str(base / self.dir), "prompts": str(base / self.prompts)}
+        )
+
+
 class ServeConfig(BaseModel):
     """The whole file: ``server:`` and ``models:``."""
 
@@ -343,6 +372,8 @@ class ServeConfig(BaseModel):
     models: list[ModelConfig] = Field(min_length=1)
     jobs: JobsSettings | None = None
     """Jobs on Celery and Redis (``multillm worker``); None: jobs run in the gateway process."""
+    services: ServicesSettings | None = None
+    """Named services (``POST /services/{route}/generate``): their files and templates."""
 
     _secrets: set[str] = PrivateAttr(default_factory=set)
 
@@ -511,7 +542,10 @@ def load_config(
         raise ConfigError("--config", f"{p.name}{where}: {problem}") from None
     secrets: set[str] = set()
     data = interpolate(raw, environ, secrets=secrets)
-    return _validate(data, secrets)
+    config = _validate(data, secrets)
+    if config.services is not None:  # its folders are relative to the file
+        config.services = config.services.relative_to(p.resolve().parent)
+    return config
 
 
 # ------------------------------------------------------------------ the environment

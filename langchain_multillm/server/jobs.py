@@ -318,11 +318,9 @@ class Runtime:
 
 
 def _registry(config: ServeConfig, base_dir: Path) -> ServiceSource:
-    import importlib
+    from langchain_multillm.server.services import registry_from_config
 
-    services = importlib.import_module("langchain_multillm.server.services")
-    source: ServiceSource = services.registry_from_config(config, base_dir)
-    return source
+    return registry_from_config(config, base_dir)
 
 
 def load_runtime(config: ServeConfig | str | os.PathLike[str]) -> Runtime:
