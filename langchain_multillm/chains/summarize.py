@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import inspect
 import re
 import string
@@ -530,7 +531,7 @@ class _Run:
     """One summary's state: calls counted, progress reported."""
 
     def __init__(
-        self, config: RunnableConfig | None, progress: Progress | None, guard: Guard | None
+        self, config: RunnableConfig, progress: Progress | None, guard: Guard | None
     ) -> None:
         self.config = config
         self.progress = progress
@@ -543,7 +544,7 @@ class _Run:
         self.done = done
         if self.progress is not None:
             await _await(self.progress(done, self.total))
-        if self.config is not None and self.config.get("callbacks") is not None:
+        if self.config.get("callbacks") is not None:
             await adispatch_custom_event(
                 "summarize_progress", {"done": done, "total": self.total}, config=self.config
             )
@@ -575,6 +576,8 @@ class TurnSummarizer(Runnable[Any, dict[str, Any]]):
             {} if opts.reduce_prompt is not None else instructions,
         )
         self.budget = self._budget(llm, opts)
+        # a text's count, asked once (a remote model's counts are requests)
+        self.count_text: Callable[[str], int] = functools.lru_cache(maxsize=8192)(self.budget.text)
         self.name = "TurnSummarizer"
         self.check()
 
@@ -630,7 +633,7 @@ class TurnSummarizer(Runnable[Any, dict[str, Any]]):
     # ---- turns and batches ----
     def split(self, text: str) -> list[str]:
         """``text``'s lines as speaker turns of at most ``createNewTurnAfter`` tokens."""
-        return split_turns(text, self.options.create_new_turn_after, self.budget.text)
+        return split_turns(text, self.options.create_new_turn_after, self.count_text)
 
     def _fits(self, messages: list[BaseMessage]) -> bool:
         return self.budget.fit(messages, self.options.max_generation_length).fits
@@ -678,7 +681,7 @@ class TurnSummarizer(Runnable[Any, dict[str, Any]]):
     def _batches(
         self, template: _Template, items: Sequence[str], limit: int | None
     ) -> list[tuple[int, list[BaseMessage]]]:
-        sizes = [self.budget.text(t) for t in items]
+        sizes = [self.count_text(t) for t in items]
         out, start = [], 0
         while start < len(items):
             n, _, messages = self._batch(template, items, sizes, start, [], limit)
@@ -714,7 +717,7 @@ class TurnSummarizer(Runnable[Any, dict[str, Any]]):
     async def _in_order(self, turns: list[str], run: _Run) -> tuple[list[list[str]], int]:
         """fields 2: batch after batch, the last ``summaryTurns`` lines carried forward."""
         opts = self.options
-        sizes = [self.budget.text(t) for t in turns]
+        sizes = [self.count_text(t) for t in turns]
         blocks: list[list[str]] = []
         start = batches = 0
         while start < len(turns):
@@ -753,7 +756,7 @@ class TurnSummarizer(Runnable[Any, dict[str, Any]]):
         for rounds in range(1, MAX_REDUCE_ROUNDS + 1):
             lines = [x for x in text.splitlines() if x.strip()]
             cap = max(self.room - self.budget.count(template.fill("")) - 2, 1)
-            items = [p for x in lines for p in split_turns(x, cap, self.budget.text)]
+            items = [p for x in lines for p in split_turns(x, cap, self.count_text)]
             batches = self._batches(template, items, None)
             if len(batches) == 1:
                 answer = await self._call(batches[0][1], run)
@@ -792,8 +795,23 @@ class TurnSummarizer(Runnable[Any, dict[str, Any]]):
         ``progress(done, total)`` is called after each batch (``done`` of ``total`` turns; a
         reduce is one more step); raising from it stops the summary. Cancelling the task that
         awaits this abandons the call in flight. ``guard`` awaits each call (a job runner's
-        slot and cancellation). ``config`` is passed to every call (callbacks, tags).
+        slot and cancellation). ``config`` is passed to every call (callbacks, tags); the
+        summary is one chain run, progress goes to its callbacks as ``summarize_progress``.
         """
+
+        async def run(
+            value: Any, run_manager: AsyncCallbackManagerForChainRun, config: RunnableConfig
+        ) -> dict[str, Any]:  # the names LangChain passes by
+            return (await self._asummarize(value, progress, guard, config)).as_dict()
+
+        out = await self._acall_with_config(run, text, config)
+        return TurnResult(**out)
+
+    async def _asummarize(
+        self, text: Any, progress: Progress | None, guard: Guard | None, config: RunnableConfig
+    ) -> TurnResult:
+        if isinstance(text, dict):
+            text = text.get("text")
         if not isinstance(text, str) or not text.strip():
             raise InvalidInputError("text", f"must be a non-empty string; got {text!r:.80}")
         opts = self.options
@@ -803,8 +821,8 @@ class TurnSummarizer(Runnable[Any, dict[str, Any]]):
         if opts.fields == 2:
             blocks, batches = await self._in_order(turns, run)
         else:
-            batches_ = self._batches(self.template, turns, opts.max_new_turns)
-            blocks = await self._parallel(batches_, run, True)
+            planned = self._batches(self.template, turns, opts.max_new_turns)
+            blocks = await self._parallel(planned, run, True)
             batches = len(blocks)
         summary, rounds = self._join(blocks), 0
         if opts.reduce_summary and summary.strip():
@@ -821,19 +839,15 @@ class TurnSummarizer(Runnable[Any, dict[str, Any]]):
         return _run_sync(self.asummarize(text, progress=progress, config=config))
 
     # ---- the Runnable ----
-    @staticmethod
-    def _text(value: Any) -> Any:
-        return value.get("text") if isinstance(value, dict) else value
-
     async def _ainvoke(
         self, value: Any, run_manager: AsyncCallbackManagerForChainRun, config: RunnableConfig
     ) -> dict[str, Any]:
-        return (await self.asummarize(self._text(value), config=config)).as_dict()
+        return (await self._asummarize(value, None, None, config)).as_dict()
 
     def _invoke(
         self, value: Any, run_manager: CallbackManagerForChainRun, config: RunnableConfig
     ) -> dict[str, Any]:
-        return _run_sync(self.asummarize(self._text(value), config=config)).as_dict()
+        return _run_sync(self._asummarize(value, None, None, config)).as_dict()
 
     def invoke(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
