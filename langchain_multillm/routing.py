@@ -129,7 +129,7 @@ def _leaf(runnable: Any, outer: dict[str, Any], where: str) -> tuple[BaseChatMod
 def _direct(runnable: Any) -> bool:
     """Whether the candidate is a model of this package behind plain ``bind`` calls only (no
     config, no retry or fallbacks around it): then it is called through its hooks."""
-    while type(runnable) is RunnableBinding:
+    while isinstance(runnable, RunnableBinding):  # bind; with_retry is no RunnableBinding
         if runnable.config or runnable.config_factories:
             return False
         runnable = runnable.bound
