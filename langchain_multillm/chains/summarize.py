@@ -4,8 +4,11 @@ The text is split into turns of about ``turn_tokens`` tokens, at speaker turns f
 transcript and at sentence ends otherwise. ``map_reduce`` summarizes the turns in groups that
 fit the model's window (one batch, so engines that batch run them together), then reduces the
 summaries the same way until one is left; ``refine`` carries one summary through the groups in
-order. Every prompt is counted with the model's own tokenizer (a conservative estimate for chat
-models of other packages) and checked before it is sent.
+order. ``turns`` (:class:`TurnSummarizer`, :func:`summarize_turns`) is the replaced LinTO
+gateway's summary: a transcript's lines as speaker turns, batches in order carrying the last
+summary lines forward (``fields: 2``) or in parallel (``fields: 1``), reduce rounds, speaker
+lines consolidated. Every prompt is counted with the model's own tokenizer (a conservative
+estimate for chat models of other packages) and checked before it is sent.
 """
 
 from __future__ import annotations
@@ -305,7 +308,9 @@ def _longest_prefix(prefix: str, text: str, cap: int, count: Callable[[str], int
         else:
             hi = mid - 1
     space = text.rfind(" ", 0, lo + 1)
-    return space if lo < len(text) and space > lo // 2 else lo
+    if lo < len(text) and space > lo // 2 and count(prefix + text[:space].rstrip()) <= cap:
+        return space
+    return lo
 
 
 def split_turns(text: str, cap: int, count: Callable[[str], int]) -> list[str]:
@@ -342,6 +347,12 @@ def split_turns(text: str, cap: int, count: Callable[[str], int]) -> list[str]:
             while count(prefix + rest) > cap:  # a sentence over cap: cut it, never looping
                 n = _longest_prefix(prefix, rest, cap, count)
                 piece, rest = rest[:n].rstrip(), rest[n:].lstrip()
+                if count(prefix + piece) > cap:  # one character over cap (a long label)
+                    raise InvalidInputError(
+                        "createNewTurnAfter",
+                        f"{cap} tokens cannot hold the speaker label {prefix!r} and "
+                        f"the character {piece[:1]!r}",
+                    )
                 if piece:
                     turns.append(prefix + piece)
             current = rest
@@ -745,9 +756,15 @@ class TurnSummarizer(Runnable[Any, dict[str, Any]]):
                 await run.report(run.done + n)
             return self._lines(answer)
 
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(one(n, m)) for n, m in batches]
-        return [t.result() for t in tasks]
+        # gather, not a TaskGroup: the first error is raised as it is (not in a group), the
+        # other calls are cancelled
+        tasks = [asyncio.ensure_future(one(n, m)) for n, m in batches]
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _reduce(self, text: str, run: _Run) -> tuple[str, int]:
         """``text`` reduced with the reduce template, round after round, until one prompt

@@ -581,3 +581,39 @@ def test_empty_text_is_refused(text: Any) -> None:
     with pytest.raises(InvalidInputError) as info:
         turns_chain(WordChat()).invoke(text)
     assert info.value.field == "text"
+
+
+async def test_in_parallel_an_error_is_raised_as_it_is_and_stops_the_other_calls() -> None:
+    llm = WordChat(window=300, delay=0.05)
+
+    def progress(done: int, total: int) -> None:
+        raise RuntimeError("cancelled by the job")
+
+    chain = turns_chain(llm, "S:\n{}", max_new_turns=2, concurrency=2)
+    with pytest.raises(RuntimeError, match="cancelled by the job"):  # not an ExceptionGroup
+        await chain.asummarize(transcript(40), progress=progress)
+    await asyncio.sleep(0.2)
+    assert len(llm.sent) <= 3  # of 20 batches: the calls not yet answered were abandoned
+
+
+async def test_in_parallel_cancelling_the_task_abandons_every_call() -> None:
+    llm = WordChat(window=300, delay=0.2)
+    task = asyncio.create_task(
+        turns_chain(llm, "S:\n{}", max_new_turns=2, concurrency=4).asummarize(transcript(40))
+    )
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.3)
+    assert llm.sent == []
+
+
+def test_a_character_that_cannot_fit_under_the_label_is_a_typed_error() -> None:
+    def heavy(s: str) -> int:  # "@" costs 9 tokens
+        return len(s.split()) + 8 * s.count("@")
+
+    assert split_turns("Al: a b c d e f g h", 5, heavy)[0] == "Al: a b c d"
+    with pytest.raises(InvalidInputError) as info:
+        split_turns("Al: a b c d e f g h @ i j", 5, heavy)
+    assert info.value.field == "createNewTurnAfter" and "'@'" in info.value.problem
