@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from langchain_multillm.loader import load_chat_model
     from langchain_multillm.routing import ChatRouter
 
+# The one place the version is written: pyproject.toml reads it ([tool.hatch.version]).
 __version__ = "0.1.0"
 
 _LAZY: dict[str, str] = {

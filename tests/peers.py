@@ -346,11 +346,13 @@ def redis_server_binary() -> str:
 
 
 def redis_ping(port: int, timeout: float = 1.0) -> bool:
-    """Whether a Redis-protocol server on 127.0.0.1:port answers PING with PONG."""
+    """Whether a Redis-protocol server on 127.0.0.1:port answers PING (PONG, or NOAUTH when it
+    asks for a password)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
             sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
+            answer = sock.recv(64)
+            return answer.startswith(b"+PONG") or answer.startswith(b"-NOAUTH")
     except OSError:
         return False
 
@@ -375,11 +377,14 @@ class RedisPeer:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
-def start_redis(log_path: Path, port: int | None = None, timeout: float = 20.0) -> RedisPeer:
+def start_redis(
+    log_path: Path, port: int | None = None, timeout: float = 20.0, extra_args: tuple[str, ...] = ()
+) -> RedisPeer:
     """A Redis-protocol server on 127.0.0.1 (a free port unless ``port``), in memory only
     (``--save "" --appendonly no``), working in a fresh temporary directory; returns once it
-    answers PING. RuntimeError (with the log's tail) if it does not; FileNotFoundError if no
-    server binary is installed. Stop it with ``peer.stop()``."""
+    answers PING (or, with ``--requirepass``, refuses it for want of the password).
+    ``extra_args`` go to its command line. RuntimeError (with the log's tail) if it does not
+    start; FileNotFoundError if no server binary is installed. Stop it with ``peer.stop()``."""
     binary = redis_server_binary()
     port = free_port() if port is None else port
     data_dir = Path(tempfile.mkdtemp(prefix="multillm-redis-"))
@@ -391,6 +396,7 @@ def start_redis(log_path: Path, port: int | None = None, timeout: float = 20.0) 
         "--appendonly", "no",
         "--dir", str(data_dir),
         "--daemonize", "no",
+        *extra_args,
     ]  # fmt: skip
     proc = _popen(cmd, log_path)
     peer = RedisPeer(proc=proc, port=port, data_dir=data_dir, log_path=Path(log_path))

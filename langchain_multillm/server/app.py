@@ -31,6 +31,7 @@ from pydantic import BaseModel, ValidationError
 from langchain_multillm.errors import ContextWindowExceededError, InvalidInputError
 from langchain_multillm.fit import enforce
 from langchain_multillm.health import HealthReport
+from langchain_multillm.server.cache import CacheLookup, ResponseCache, record_message
 from langchain_multillm.server.config import ConfigError, ModelConfig, ServeConfig
 from langchain_multillm.server.http_errors import (
     GatewayAuthenticationError,
@@ -241,9 +242,15 @@ class SSEResponse:
     client goes away (the generator is cancelled at once, so the model stops), or when sending
     fails, the generator is closed and ``on_close`` runs (it gives the model's slot back)."""
 
-    def __init__(self, body: AsyncIterator[bytes], on_close: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        body: AsyncIterator[bytes],
+        on_close: Callable[[], Awaitable[None]],
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.body = body
         self.on_close = on_close
+        self.headers = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
 
     async def _pump(self, send: Any) -> None:
         await send(
@@ -254,6 +261,7 @@ class SSEResponse:
                     (b"content-type", b"text/event-stream; charset=utf-8"),
                     (b"cache-control", b"no-cache"),
                     (b"x-accel-buffering", b"no"),
+                    *self.headers,
                 ],
             }
         )
@@ -332,6 +340,11 @@ class Gateway:
             model = build_model(i, entry, config)
             self.models[entry.name] = self._served(entry, model)
         self.default_model = config.models[0].name
+        self.cache: ResponseCache | None = None
+        if config.cache is not None:  # the response cache (server/cache.py)
+            self.cache = ResponseCache(
+                config.cache, config.models, self.metrics.registry, config.redact
+            )
 
     def _served(self, entry: ModelConfig, model: Any) -> Served:
         in_flight = self.metrics.in_flight.labels(entry.name)
@@ -458,6 +471,10 @@ class Gateway:
             served = self.served(req.model, route, "chat")
             name = served.name
             call = to_chat_call(req)
+            cache = self.cache
+            cached = await cache.lookup(name, route, served.model, call) if cache else None
+            if cached is not None and cached.hit:
+                return self._cached_chat(served, call, cached, started)
             try:
                 kwargs = await self.gate(served, call.messages, call)
             except ContextWindowExceededError:
@@ -468,7 +485,7 @@ class Gateway:
         except Exception as exc:
             return self.error(exc, name, route, started, param=param)
         if stream:
-            return await self._chat_stream(served, call, kwargs, slot, started)
+            return await self._chat_stream(served, call, kwargs, slot, started, cached)
         try:
             message = await served.model.ainvoke(call.messages, stop=call.stop, **kwargs)
         except Exception as exc:
@@ -478,10 +495,39 @@ class Gateway:
         body = chat_completion_body(message, model=name, data=call.data)
         self.tokens(name, body.get("usage"))
         self.count(name, route, 200, started)
-        return json_response(body)
+        if self.cache is not None:
+            await self.cache.store_chat(cached, message)
+        return json_response(body, headers=cached.headers if cached else None)
+
+    def _cached_chat(
+        self, served: Served, call: ChatCall, cached: CacheLookup, started: float
+    ) -> Response:
+        """A chat answer from the response cache: as JSON, or replayed as a stream (its
+        reasoning, tool calls, finish reason and usage included)."""
+        route = "/v1/chat/completions"
+        assert cached.record is not None
+        message = record_message(cached.record)
+        self.count(served.name, route, 200, started)
+        if not (call.stream and not self.settings.output_guard):
+            body = chat_completion_body(message, model=served.name, data=call.data)
+            return json_response(body, headers=cached.headers)
+        writer = ChunkWriter(served.name)
+        pieces = [sse(piece) for piece in writer.whole(message)]
+        usage = writer.usage_chunk()
+        if usage is not None and (call.include_usage or self.settings.force_include_usage):
+            pieces.append(sse(usage))
+        pieces.append(DONE + trailer(call.data))
+        headers = {**SSE_HEADERS, **cached.headers}
+        return Response(b"".join(pieces), media_type="text/event-stream", headers=headers)
 
     async def _chat_stream(
-        self, served: Served, call: ChatCall, kwargs: dict[str, Any], slot: float, started: float
+        self,
+        served: Served,
+        call: ChatCall,
+        kwargs: dict[str, Any],
+        slot: float,
+        started: float,
+        cached: CacheLookup | None = None,
     ) -> Any:
         route = "/v1/chat/completions"
         name = served.name
@@ -498,10 +544,14 @@ class Gateway:
             first: Any = None
             rest: Any = None
             whole = writer.whole(message)
+            if self.cache is not None:
+                await self.cache.store_chat(cached, message)
         else:
             # The first chunk before the status line: a failure up to here is a plain error
             # response with its own status, not an event in a stream that said 200.
             rest = served.model.astream(call.messages, stop=call.stop, **kwargs)
+            if self.cache is not None:  # stored once it ends whole
+                rest = self.cache.tap(cached, rest)
             try:
                 first = await rest.__anext__()
             except StopAsyncIteration:
@@ -554,7 +604,7 @@ class Gateway:
             served.limiter.release(slot)
             self.count(name, route, state["status"], started)
 
-        return SSEResponse(body(), close)
+        return SSEResponse(body(), close, cached.headers if cached else None)
 
     async def completions(self, request: Request) -> Any:
         started = time.perf_counter()
@@ -772,6 +822,8 @@ class Gateway:
         await asyncio.gather(*(warm(s) for s in self.models.values()))
 
     async def shutdown(self) -> None:
+        if self.cache is not None:
+            await self.cache.aclose()
         for s in self.models.values():
             close = getattr(s.model, "aclose", None)
             if close is not None:

@@ -47,10 +47,11 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from langchain_multillm.errors import BackendUnavailableError
 from langchain_multillm.server.jobs import (
     JobCancelled,
     JobRequest,
@@ -68,6 +69,7 @@ try:
     import redis.asyncio as aredis
     from celery import Celery, Task
     from celery.exceptions import TimeLimitExceeded
+    from kombu.exceptions import OperationalError as KombuOperationalError
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "jobs on a broker need the [jobs] extra: pip install 'langchain-multillm[jobs]'"
@@ -693,9 +695,27 @@ class CeleryJobQueue:
             return cap
         return min(cap, job_budget_s(service, job, self.settings.min_tokens_per_s))
 
+    @contextlib.contextmanager
+    def _reachable(self) -> Iterator[None]:
+        """Redis or the broker unreachable: :class:`BackendUnavailableError` (a 503)."""
+        try:
+            yield
+        except (redis.RedisError, OSError, KombuOperationalError) as exc:
+            raise BackendUnavailableError(
+                self.config.redact(
+                    f"the job store (jobs.broker) is unreachable: {type(exc).__name__}: {exc}"
+                ),
+                retry_after=1,
+            ) from None
+
     async def submit(self, job: JobRequest, *, idempotency_key: str | None = None) -> str:
+        with self._reachable():
+            return await self._submit(job, idempotency_key)
+
+    async def _submit(self, job: JobRequest, idempotency_key: str | None) -> str:
         store = self.store
         job_id = str(uuid.uuid4())
+        key = None
         if idempotency_key is not None:
             key = self.keys.idempotency(idempotency_key)
             ttl = _ms(pending_ttl_s(self.settings))
@@ -710,8 +730,9 @@ class CeleryJobQueue:
         try:
             await asyncio.to_thread(self._send, job_id, job, limit)
         except Exception as exc:
-            await store.put(job_id, failed(self.config.redact(f"not queued: {exc}")))
-            raise
+            with contextlib.suppress(Exception):  # not queued: no job, no key
+                await store.client.delete(store.keys.status(job_id), *([key] if key else []))
+            raise exc from None
         return job_id
 
     def _send(self, job_id: str, job: JobRequest, limit_s: float) -> None:
@@ -724,9 +745,14 @@ class CeleryJobQueue:
         )
 
     async def status(self, job_id: str) -> dict[str, Any] | None:
-        return await self.store.get(job_id)
+        with self._reachable():
+            return await self.store.get(job_id)
 
     async def cancel(self, job_id: str) -> bool:
+        with self._reachable():
+            return await self._cancel(job_id)
+
+    async def _cancel(self, job_id: str) -> bool:
         store = self.store
         current = await store.get(job_id)
         if current is None:
@@ -742,18 +768,20 @@ class CeleryJobQueue:
     async def watch(self, job_id: str) -> AsyncIterator[dict[str, Any]]:
         store = self.store
         pubsub = store.client.pubsub()
-        await pubsub.subscribe(self.keys.events(job_id))
         try:
-            seen, last = await store.versioned(job_id)
+            with self._reachable():
+                await pubsub.subscribe(self.keys.events(job_id))
+                seen, last = await store.versioned(job_id)
             if last is None:
                 return
             yield last
             while not is_final(last):
-                msg = await pubsub.get_message(
-                    ignore_subscribe_messages=True, timeout=self.WATCH_POLL_S
-                )
-                # No message for a while: read the status (a message may have been missed).
-                v, status = unpack(msg["data"]) if msg else await store.versioned(job_id)
+                with self._reachable():
+                    msg = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=self.WATCH_POLL_S
+                    )
+                    # No message for a while: read the status (a message may have been missed).
+                    v, status = unpack(msg["data"]) if msg else await store.versioned(job_id)
                 if status is None:
                     return  # expired
                 if v > seen:

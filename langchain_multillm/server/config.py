@@ -45,6 +45,7 @@ from langchain_multillm._http import with_api_path
 from langchain_multillm.errors import InvalidInputError
 
 __all__ = [
+    "CacheSettings",
     "ConfigError",
     "JobsSettings",
     "ModelConfig",
@@ -363,6 +364,52 @@ class ServicesSettings(BaseModel):
         )
 
 
+_CACHE_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+class CacheSettings(BaseModel):
+    """The ``cache:`` section: the response cache on Redis (``server/cache.py``). Requests with
+    temperature 0 or a seed are answered from it when the same request was answered before."""
+
+    model_config = _STRICT
+
+    redis: SecretStr
+    """``redis://[:password@]host:port/db`` (or ``rediss://``, ``unix://``)."""
+
+    ttl: int = Field(default=3600, ge=1)
+    """Seconds an answer stays cached."""
+
+    prefix: str = Field(
+        default="multillm:cache", min_length=1, max_length=200, pattern=r"^[\w.:-]+$"
+    )
+    """Prefix of the cache's Redis keys."""
+
+    timeout_s: float = Field(default=0.5, gt=0, le=30)
+    """Most seconds one Redis command may take; past it the request is answered by the model."""
+
+    retry_s: float = Field(default=5.0, ge=0)
+    """After Redis failed, seconds before it is tried again (meanwhile: answered by the models)."""
+
+    @field_validator("redis")
+    @classmethod
+    def _cache_scheme(cls, url: SecretStr) -> SecretStr:
+        if not url.get_secret_value().startswith(_CACHE_SCHEMES):
+            raise ValueError(f"must be a Redis URL starting with {', '.join(_CACHE_SCHEMES)}")
+        return url
+
+    @property
+    def secrets(self) -> set[str]:
+        """The URL and its password (never shown)."""
+        from urllib.parse import urlsplit
+
+        url = self.redis.get_secret_value()
+        try:
+            password = urlsplit(url).password
+        except ValueError:
+            return {url}
+        return {url, password} if password else {url}
+
+
 class ServeConfig(BaseModel):
     """The whole file: ``server:`` and ``models:``."""
 
@@ -372,6 +419,8 @@ class ServeConfig(BaseModel):
     models: list[ModelConfig] = Field(min_length=1)
     jobs: JobsSettings | None = None
     """Jobs on Celery and Redis (``multillm worker``); None: jobs run in the gateway process."""
+    cache: CacheSettings | None = None
+    """The response cache on Redis; None: no cache."""
     services: ServicesSettings | None = None
     """Named services (``POST /services/{route}/generate``): their files and templates."""
 
@@ -396,6 +445,8 @@ class ServeConfig(BaseModel):
         out = self._secrets | {k.get_secret_value() for k in self.server.api_keys}
         if self.jobs is not None:
             out |= url_secrets(self.jobs.broker.get_secret_value())
+        if self.cache is not None:
+            out |= self.cache.secrets
         return out
 
     def redact(self, text: str) -> str:
