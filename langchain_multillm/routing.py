@@ -42,7 +42,7 @@ from langchain_core.callbacks import (
     CallbackManagerForLLMRun,
 )
 from langchain_core.exceptions import ModelError
-from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models import BaseChatModel, LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig
@@ -277,6 +277,115 @@ def _mark(message: BaseMessage, name: str) -> None:
     message.response_metadata[ROUTED_TO] = name
 
 
+class _Table:
+    """The candidates and their breakers; every change under ``lock`` (a plain object: the
+    router reads it once per call, not through pydantic's private attributes)."""
+
+    def __init__(
+        self, cands: list[_Candidate], strategy: str, threshold: int, cooldown: float,
+        tries: int, backoff: float,
+    ) -> None:  # fmt: skip
+        self.cands = cands
+        self.strategy = strategy
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self.tries = tries
+        self.backoff = backoff
+        self.lock = threading.Lock()
+        self.turn = 0
+        self.names = [c.name for c in cands]
+        self.label = f"router({', '.join(self.names)})"
+
+    def open(self, c: _Candidate, now: float) -> None:
+        if c.breaker == "closed":
+            c.times_opened += 1
+        c.breaker = "open"
+        c.open_until = now + self.cooldown
+
+    def begin(self, c: _Candidate) -> None:
+        with self.lock:
+            c.in_flight += 1
+
+    def cancel(self, c: _Candidate) -> None:
+        """The call never went out (the fit check passed it over, or the input is bad)."""
+        with self.lock:
+            c.in_flight -= 1
+
+    def sent(self, c: _Candidate) -> None:
+        with self.lock:
+            c.calls += 1
+
+    def done(self, c: _Candidate, exc: BaseException | None) -> None:
+        """A call ended: success, a failure that counts toward the breaker, or one that does
+        not (the server answered: a 400, a refusal; or the caller stopped reading)."""
+        with self.lock:
+            c.in_flight -= 1
+            if exc is None:
+                c.consecutive = 0
+                return
+            c.last_error = type(exc).__name__
+            if not _server_failure(exc):
+                return
+            c.failures += 1
+            c.consecutive += 1
+            if c.consecutive >= self.threshold and c.breaker == "closed":
+                self.open(c, time.monotonic())
+
+    def judge(self, c: _Candidate, report: HealthReport, *, probe: bool) -> None:
+        """A health report opens a breaker (not alive) or, after the cooldown, closes it."""
+        now = time.monotonic()
+        with self.lock:
+            c.last_health = str(report)
+            if not report.alive:
+                self.open(c, now)
+            elif c.breaker != "closed" and (probe or now >= c.open_until):
+                c.breaker = "closed"
+                c.consecutive = 0
+
+    def due(self) -> list[_Candidate]:
+        """Open candidates whose cooldown ended: marked probing, one caller probes each."""
+        now = time.monotonic()
+        due = []
+        with self.lock:
+            for c in self.cands:
+                if c.breaker == "open" and now >= c.open_until:
+                    c.breaker = "probing"
+                    due.append(c)
+        return due
+
+    def order(self, *, advance: bool = True) -> list[_Candidate]:
+        """The closed candidates, in the order the strategy gives them for this call."""
+        with self.lock:
+            live = [c for c in self.cands if c.breaker == "closed"]
+            if not live:
+                return []
+            n = len(self.cands)
+            start = self.turn % n
+            if advance:
+                self.turn += 1
+            strategy = self.strategy
+            if strategy == "ordered":
+                return live
+            if strategy == "round_robin":
+                return sorted(live, key=lambda c: ((c.index - start) % n, c.in_flight))
+            if strategy == "least_busy":
+                return sorted(live, key=lambda c: (c.in_flight, (c.index - start) % n))
+            # weighted: smooth weighted round robin (nginx); ties by fewest in flight
+            total = sum(c.weight for c in live)
+            for c in live:
+                c.current += c.weight
+            best = max(live, key=lambda c: (c.current, -c.in_flight, -c.index))
+            if advance:
+                best.current -= total
+            else:
+                for c in live:
+                    c.current -= c.weight
+            rest = sorted(
+                (c for c in live if c is not best), key=lambda c: (-c.weight, c.in_flight, c.index)
+            )
+            return [best, *rest]
+
+
 class ChatRouter(BaseChatModel):
     """A chat model that routes each call to one of ``models``, decided before sending.
 
@@ -322,9 +431,7 @@ class ChatRouter(BaseChatModel):
     """The retry policy's first delay before the next candidate (doubling, with jitter; a
     server's Retry-After wins)."""
 
-    _cands: list[_Candidate] = PrivateAttr(default_factory=list)
-    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
-    _turn: int = PrivateAttr(default=0)
+    _t: _Table = PrivateAttr()
 
     @model_validator(mode="after")
     def _build(self) -> Self:
@@ -354,7 +461,10 @@ class ChatRouter(BaseChatModel):
             label = getattr(model, "model_name", None) or getattr(model, "model", None)
             name = self.names[i] if self.names else f"{i}:{label or type(model).__name__}"
             cands.append(_Candidate(i, runnable, name, float(weights[i])))
-        self._cands = cands
+        tries = (self.max_retries if self.max_retries is not None else n - 1) + 1
+        self._t = _Table(
+            cands, self.strategy, self.failure_threshold, self.cooldown_s, tries, self.backoff_s
+        )
         windows = [w for c in cands if (w := c.known_window()) is not None]
         if windows:
             self._set_profile(max(windows))
@@ -373,14 +483,28 @@ class ChatRouter(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {"strategy": self.strategy, "models": [c.name for c in self._cands]}
+        return {"strategy": self.strategy, "models": self._t.names}
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        # LangChain's own looks for model-name fields with hasattr (each miss an exception
+        # through pydantic, ~10 µs a call here): the router says what it is directly.
+        ls = LangSmithParams(
+            ls_provider="multillm-router", ls_model_name=self._t.label, ls_model_type="chat"
+        )
+        if kwargs.get("temperature") is not None:
+            ls["ls_temperature"] = kwargs["temperature"]
+        if kwargs.get("max_tokens") is not None:
+            ls["ls_max_tokens"] = kwargs["max_tokens"]
+        if stop:
+            ls["ls_stop"] = stop
+        return ls
 
     # ------------------------------------------------------------------ state
 
     def state(self) -> list[CandidateState]:
         """Each candidate's breaker, failures, calls in flight, last error and last health."""
         now = time.monotonic()
-        with self._lock:
+        with self._t.lock:
             return [
                 CandidateState(
                     name=c.name,
@@ -395,102 +519,8 @@ class ChatRouter(BaseChatModel):
                     reopens_in_s=max(c.open_until - now, 0.0) if c.breaker != "closed" else None,
                     context_window=c.known_window(),
                 )
-                for c in self._cands
+                for c in self._t.cands
             ]
-
-    def _open(self, c: _Candidate, now: float) -> None:
-        if c.breaker == "closed":
-            c.times_opened += 1
-        c.breaker = "open"
-        c.open_until = now + self.cooldown_s
-
-    def _begin(self, c: _Candidate) -> None:
-        with self._lock:
-            c.in_flight += 1
-
-    def _cancel(self, c: _Candidate) -> None:
-        """The call never went out (the fit check passed it over, or the input is bad)."""
-        with self._lock:
-            c.in_flight -= 1
-
-    def _sent(self, c: _Candidate) -> None:
-        with self._lock:
-            c.calls += 1
-
-    def _done(self, c: _Candidate, exc: BaseException | None) -> None:
-        """A call ended: success, a failure that counts toward the breaker, or one that does
-        not (the server answered: a 400, a refusal; or the caller stopped reading)."""
-        with self._lock:
-            c.in_flight -= 1
-            if exc is None:
-                c.consecutive = 0
-                return
-            c.last_error = type(exc).__name__
-            if not _server_failure(exc):
-                return
-            c.failures += 1
-            c.consecutive += 1
-            if c.consecutive >= self.failure_threshold and c.breaker == "closed":
-                self._open(c, time.monotonic())
-
-    def _judge(self, c: _Candidate, report: HealthReport, *, probe: bool) -> None:
-        """A health report opens a breaker (not alive) or, after the cooldown, closes it."""
-        now = time.monotonic()
-        with self._lock:
-            c.last_health = str(report)
-            if not report.alive:
-                self._open(c, now)
-            elif c.breaker != "closed" and (probe or now >= c.open_until):
-                c.breaker = "closed"
-                c.consecutive = 0
-
-    # ------------------------------------------------------------------ the order
-
-    def _due(self) -> list[_Candidate]:
-        """Open candidates whose cooldown ended: marked probing, one caller probes each."""
-        now = time.monotonic()
-        due = []
-        with self._lock:
-            for c in self._cands:
-                if c.breaker == "open" and now >= c.open_until:
-                    c.breaker = "probing"
-                    due.append(c)
-        return due
-
-    def _order(self, *, advance: bool = True) -> list[_Candidate]:
-        """The closed candidates, in the order the strategy gives them for this call."""
-        with self._lock:
-            live = [c for c in self._cands if c.breaker == "closed"]
-            if not live:
-                return []
-            n = len(self._cands)
-            start = self._turn % n
-            if advance:
-                self._turn += 1
-            strategy = self.strategy
-            if strategy == "ordered":
-                return live
-            if strategy == "round_robin":
-                return sorted(live, key=lambda c: ((c.index - start) % n, c.in_flight))
-            if strategy == "least_busy":
-                return sorted(live, key=lambda c: (c.in_flight, (c.index - start) % n))
-            # weighted: smooth weighted round robin (nginx); ties by fewest in flight
-            total = sum(c.weight for c in live)
-            for c in live:
-                c.current += c.weight
-            best = max(live, key=lambda c: (c.current, -c.in_flight, -c.index))
-            if advance:
-                best.current -= total
-            else:
-                for c in live:
-                    c.current -= c.weight
-            rest = sorted(
-                (c for c in live if c is not best), key=lambda c: (-c.weight, c.in_flight, c.index)
-            )
-            return [best, *rest]
-
-    def _tries(self) -> int:
-        return (self.max_retries if self.max_retries is not None else len(self._cands) - 1) + 1
 
     def _nothing_left(
         self,
@@ -501,9 +531,9 @@ class ChatRouter(BaseChatModel):
         if last is not None:
             return last
         if misfit and not closed_out:
-            return _no_fit(self._cands, misfit)
+            return _no_fit(self._t.cands, misfit)
         now = time.monotonic()
-        with self._lock:
+        with self._t.lock:
             waits = [max(c.open_until - now, 0.0) for c in closed_out]
             states = ", ".join(f"{c.name}: {c.breaker}" for c in closed_out)
         fit = f"; too small for the prompt: {', '.join(self._names(misfit))}" if misfit else ""
@@ -514,7 +544,7 @@ class ChatRouter(BaseChatModel):
         )
 
     def _names(self, misfit: dict[int, ContextWindowExceededError]) -> list[str]:
-        return [self._cands[i].name for i in misfit]
+        return [self._t.cands[i].name for i in misfit]
 
     # ------------------------------------------------------------------ routing, sync
 
@@ -529,46 +559,47 @@ class ChatRouter(BaseChatModel):
     ) -> tuple[_Candidate, Any]:
         """Walk the order; ``attempt`` runs on each candidate that fits until one succeeds.
         The winner stays in flight (the caller ends it with :meth:`_done`)."""
-        for c in self._due():
-            self._judge(c, c.health(), probe=True)
-        order = self._order()
-        closed_out = [c for c in self._cands if c not in order]
+        t = self._t
+        for c in t.due():
+            t.judge(c, c.health(), probe=True)
+        order = t.order()
+        closed_out = [c for c in t.cands if c not in order]
         misfit: dict[int, ContextWindowExceededError] = {}
-        tries, limit = 0, self._tries()
+        tries, limit = 0, t.tries
         last: BaseException | None = None
         while tries < limit:
             progressed = False
             for c in order:
                 if c.index in misfit or c.breaker != "closed":
                     continue
-                self._begin(c)
+                t.begin(c)
                 try:
                     prepared = c.prepare(messages, stop, kwargs, stream=stream)
                 except ContextWindowExceededError as exc:
-                    self._cancel(c)
+                    t.cancel(c)
                     misfit[c.index] = exc
                     continue
                 except Exception as exc:
                     if not _retryable(exc):
-                        self._cancel(c)
+                        t.cancel(c)
                         raise
-                    self._done(c, exc)
+                    t.done(c, exc)
                     last, tries, progressed = exc, tries + 1, True
                     if tries >= limit:
                         break
-                    time.sleep(delay(exc, tries, initial=self.backoff_s))
+                    time.sleep(delay(exc, tries, initial=t.backoff))
                     continue
-                self._sent(c)
+                t.sent(c)
                 try:
                     return c, attempt(c, prepared)
                 except Exception as exc:
-                    self._done(c, exc)
+                    t.done(c, exc)
                     if not _retryable(exc):
                         raise
                     last, tries, progressed = exc, tries + 1, True
                     if tries >= limit:
                         break
-                    time.sleep(delay(exc, tries, initial=self.backoff_s))
+                    time.sleep(delay(exc, tries, initial=t.backoff))
             if not progressed:
                 break
         if last is None and closed_out and len(misfit) == len(order):
@@ -613,7 +644,7 @@ class ChatRouter(BaseChatModel):
             return ChatResult(generations=[ChatGeneration(message=_as_ai(msg))])
 
         c, result = self._route(messages, stop, kwargs, attempt, stream=False)
-        self._done(c, None)
+        self._t.done(c, None)
         for gen in result.generations:
             _mark(gen.message, c.name)
         return result
@@ -661,7 +692,7 @@ class ChatRouter(BaseChatModel):
             error = exc
             raise
         finally:
-            self._done(c, error)
+            self._t.done(c, error)
             close = getattr(it, "close", None)
             if close is not None:
                 with contextlib.suppress(Exception):
@@ -679,52 +710,53 @@ class ChatRouter(BaseChatModel):
         stream: bool,
     ) -> tuple[_Candidate, Any]:
         """Async twin of :meth:`_route` (``attempt`` returns an awaitable)."""
-        due = self._due()
+        t = self._t
+        due = t.due()
         if due:
             reports = await asyncio.gather(*(c.ahealth() for c in due))
             for c, report in zip(due, reports, strict=True):
-                self._judge(c, report, probe=True)
-        order = self._order()
-        closed_out = [c for c in self._cands if c not in order]
+                t.judge(c, report, probe=True)
+        order = t.order()
+        closed_out = [c for c in t.cands if c not in order]
         misfit: dict[int, ContextWindowExceededError] = {}
-        tries, limit = 0, self._tries()
+        tries, limit = 0, t.tries
         last: BaseException | None = None
         while tries < limit:
             progressed = False
             for c in order:
                 if c.index in misfit or c.breaker != "closed":
                     continue
-                self._begin(c)
+                t.begin(c)
                 try:
                     prepared = await c.aprepare(messages, stop, kwargs, stream=stream)
                 except ContextWindowExceededError as exc:
-                    self._cancel(c)
+                    t.cancel(c)
                     misfit[c.index] = exc
                     continue
                 except Exception as exc:
                     if not _retryable(exc):
-                        self._cancel(c)
+                        t.cancel(c)
                         raise
-                    self._done(c, exc)
+                    t.done(c, exc)
                     last, tries, progressed = exc, tries + 1, True
                     if tries >= limit:
                         break
-                    await asyncio.sleep(delay(exc, tries, initial=self.backoff_s))
+                    await asyncio.sleep(delay(exc, tries, initial=t.backoff))
                     continue
-                self._sent(c)
+                t.sent(c)
                 try:
                     return c, await attempt(c, prepared)
                 except asyncio.CancelledError:
-                    self._done(c, None)
+                    t.done(c, None)
                     raise
                 except Exception as exc:
-                    self._done(c, exc)
+                    t.done(c, exc)
                     if not _retryable(exc):
                         raise
                     last, tries, progressed = exc, tries + 1, True
                     if tries >= limit:
                         break
-                    await asyncio.sleep(delay(exc, tries, initial=self.backoff_s))
+                    await asyncio.sleep(delay(exc, tries, initial=t.backoff))
             if not progressed:
                 break
         if last is None and closed_out and len(misfit) == len(order):
@@ -757,7 +789,7 @@ class ChatRouter(BaseChatModel):
             return ChatResult(generations=[ChatGeneration(message=_as_ai(msg))])
 
         c, result = await self._aroute(messages, stop, kwargs, attempt, stream=False)
-        self._done(c, None)
+        self._t.done(c, None)
         for gen in result.generations:
             _mark(gen.message, c.name)
         return result
@@ -804,7 +836,7 @@ class ChatRouter(BaseChatModel):
             error = exc
             raise
         finally:
-            self._done(c, error)
+            self._t.done(c, error)
             aclose = getattr(ait, "aclose", None)
             if aclose is not None:
                 with contextlib.suppress(Exception):
@@ -814,8 +846,8 @@ class ChatRouter(BaseChatModel):
 
     def _peek(self) -> list[_Candidate]:
         """The order a call would take now (closed first, then the others), nothing changed."""
-        order = self._order(advance=False)
-        return order + [c for c in self._cands if c not in order]
+        order = self._t.order(advance=False)
+        return order + [c for c in self._t.cands if c not in order]
 
     def check_fit(
         self, x: PromptInput, max_tokens: int | None = None, tools: Sequence[Any] | None = None
@@ -865,7 +897,7 @@ class ChatRouter(BaseChatModel):
         return await surface.acount_tokens(x, tools)
 
     def _widest_surface(self) -> ModelSurface:
-        surfaces = [c for c in self._cands if c.surface is not None]
+        surfaces = [c for c in self._t.cands if c.surface is not None]
         if not surfaces:
             raise InvalidInputError(
                 "models", "no candidate is a model of this package: nothing can count tokens"
@@ -886,14 +918,14 @@ class ChatRouter(BaseChatModel):
 
     def get_limits(self) -> Limits:
         """The largest limits a candidate offers (each asked once, as the models do)."""
-        limits = _largest([c.surface.get_limits() for c in self._cands if c.surface is not None])
+        limits = _largest([c.surface.get_limits() for c in self._t.cands if c.surface is not None])
         self._set_profile(limits.max_input_tokens or limits.context_window)
         return limits
 
     async def aget_limits(self) -> Limits:
         """Async twin of :meth:`get_limits`."""
         found = await asyncio.gather(
-            *(c.surface.aget_limits() for c in self._cands if c.surface is not None)
+            *(c.surface.aget_limits() for c in self._t.cands if c.surface is not None)
         )
         limits = _largest(list(found))
         self._set_profile(limits.max_input_tokens or limits.context_window)
@@ -904,20 +936,20 @@ class ChatRouter(BaseChatModel):
         health check runs (none is billed); one not alive has its breaker opened, one alive
         whose cooldown has ended has it closed. Never raises."""
         started = time.perf_counter()
-        reports = [c.health() for c in self._cands]
+        reports = [c.health() for c in self._t.cands]
         return self._summary(started, reports)
 
     async def ahealth(self) -> HealthReport:
         """Async twin of :meth:`health` (the candidates are checked concurrently)."""
         started = time.perf_counter()
-        reports = list(await asyncio.gather(*(c.ahealth() for c in self._cands)))
+        reports = list(await asyncio.gather(*(c.ahealth() for c in self._t.cands)))
         return self._summary(started, reports)
 
     def _summary(self, started: float, reports: list[HealthReport]) -> HealthReport:
-        for c, report in zip(self._cands, reports, strict=True):
-            self._judge(c, report, probe=False)
+        for c, report in zip(self._t.cands, reports, strict=True):
+            self._t.judge(c, report, probe=False)
         windows = [r.context_window for r in reports if r.alive and r.context_window]
-        detail = "; ".join(f"{c.name}: {r}" for c, r in zip(self._cands, reports, strict=True))
+        detail = "; ".join(f"{c.name}: {r}" for c, r in zip(self._t.cands, reports, strict=True))
         return HealthReport(
             alive=any(r.alive for r in reports),
             ready=any(r.ready for r in reports),
