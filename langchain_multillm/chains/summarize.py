@@ -32,6 +32,7 @@ from langchain_core.language_models import LanguageModelInput
 from langchain_core.messages import BaseMessage, HumanMessage
 from langchain_core.prompts import BasePromptTemplate, ChatPromptTemplate
 from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables.config import run_in_executor
 
 from langchain_multillm.chains._budget import Budget
 from langchain_multillm.chains._text import merge, pieces_within, split_sentences, split_speakers
@@ -551,6 +552,11 @@ class _Run:
         self.done = 0
         self.total = 0
 
+    async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a worker thread: counting may be slow or ask a server, and the
+        event loop (a gateway's, running jobs inline) must not wait on it."""
+        return cast(T, await run_in_executor(self.config, fn, *args))
+
     async def report(self, done: int) -> None:
         self.done = done
         if self.progress is not None:
@@ -728,14 +734,14 @@ class TurnSummarizer(Runnable[Any, dict[str, Any]]):
     async def _in_order(self, turns: list[str], run: _Run) -> tuple[list[list[str]], int]:
         """fields 2: batch after batch, the last ``summaryTurns`` lines carried forward."""
         opts = self.options
-        sizes = [self.count_text(t) for t in turns]
+        sizes = await run.off_loop(lambda: [self.count_text(t) for t in turns])
         blocks: list[list[str]] = []
         start = batches = 0
         while start < len(turns):
             lines = [x for b in blocks for x in b if x.strip()]
             carry = lines[-opts.summary_turns :] if opts.summary_turns else []
-            n, _, messages = self._batch(
-                self.template, turns, sizes, start, carry, opts.max_new_turns
+            n, _, messages = await run.off_loop(
+                self._batch, self.template, turns, sizes, start, carry, opts.max_new_turns
             )
             blocks.append(self._lines(await self._call(messages, run)))
             start += n
@@ -766,21 +772,27 @@ class TurnSummarizer(Runnable[Any, dict[str, Any]]):
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    def _reduce_batches(
+        self, template: _Template, text: str
+    ) -> list[tuple[int, list[BaseMessage]]]:
+        """``text``'s lines (a line too long for a prompt cut) in prompts of ``template``."""
+        lines = [x for x in text.splitlines() if x.strip()]
+        cap = max(self.room - self.budget.count(template.fill("")) - 2, 1)
+        items = [p for x in lines for p in split_turns(x, cap, self.count_text)]
+        return self._batches(template, items, None)
+
     async def _reduce(self, text: str, run: _Run) -> tuple[str, int]:
         """``text`` reduced with the reduce template, round after round, until one prompt
         holds it all; a round that does not shrink it raises :class:`SummaryReduceError`."""
         template = self.reduce_template
         for rounds in range(1, MAX_REDUCE_ROUNDS + 1):
-            lines = [x for x in text.splitlines() if x.strip()]
-            cap = max(self.room - self.budget.count(template.fill("")) - 2, 1)
-            items = [p for x in lines for p in split_turns(x, cap, self.count_text)]
-            batches = self._batches(template, items, None)
+            batches = await run.off_loop(self._reduce_batches, template, text)
             if len(batches) == 1:
                 answer = await self._call(batches[0][1], run)
                 return self._join([self._lines(answer)]), rounds
-            before = self.budget.text(text)
             shorter = self._join(await self._parallel(batches, run, False))
-            after = self.budget.text(shorter)
+            before = await run.off_loop(self.count_text, text)
+            after = await run.off_loop(self.count_text, shorter)
             if after >= before:
                 raise SummaryReduceError(
                     f"reduce round {rounds} did not shrink the summary ({before} -> {after} "
@@ -833,12 +845,12 @@ class TurnSummarizer(Runnable[Any, dict[str, Any]]):
             raise InvalidInputError("text", f"must be a non-empty string; got {text!r:.80}")
         opts = self.options
         run = _Run(config, progress, guard)
-        turns = self.split(text)
+        turns = await run.off_loop(self.split, text)
         run.total = len(turns) + (1 if opts.reduce_summary else 0)
         if opts.fields == 2:
             blocks, batches = await self._in_order(turns, run)
         else:
-            planned = self._batches(self.template, turns, opts.max_new_turns)
+            planned = await run.off_loop(self._batches, self.template, turns, opts.max_new_turns)
             blocks = await self._parallel(planned, run, True)
             batches = len(blocks)
         summary, rounds = self._join(blocks), 0

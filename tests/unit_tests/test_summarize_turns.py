@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +51,7 @@ class WordChat(MultiLLMChatModel):
     answer_words: int = 4
     answer: Callable[[str], str] | None = None
     delay: float = 0.0
+    count_delay: float = 0.0
     sent: list[str] = Field(default_factory=list)
     params: list[dict[str, Any]] = Field(default_factory=list)
     _in_flight: int = PrivateAttr(default=0)
@@ -67,6 +69,7 @@ class WordChat(MultiLLMChatModel):
         return 10**6  # no lower bound refuses: every decision is the exact count
 
     def _count_exact(self, prompt: Prompt) -> int | None:
+        time.sleep(self.count_delay)  # a tokenizer that takes time (or a server's /tokenize)
         if prompt.text is not None:
             return words(prompt.text, self.newline)
         return sum(words(m.text, self.newline) + 4 for m in prompt.messages or [])
@@ -617,3 +620,23 @@ def test_a_character_that_cannot_fit_under_the_label_is_a_typed_error() -> None:
     with pytest.raises(InvalidInputError) as info:
         split_turns("Al: a b c d e f g h @ i j", 5, heavy)
     assert info.value.field == "createNewTurnAfter" and "'@'" in info.value.problem
+
+
+async def test_counting_runs_off_the_event_loop() -> None:
+    llm = WordChat(window=300, count_delay=0.002)
+    chain = turns_chain(llm, "{}|{}", fields=2, max_new_turns=4)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.001)
+            ticks += 1
+
+    tick = asyncio.create_task(ticker())
+    started = time.perf_counter()
+    await chain.asummarize(transcript(60))
+    elapsed = time.perf_counter() - started
+    tick.cancel()
+    # the loop kept turning while ~200 slow counts ran (blocked, it would tick ~15 times)
+    assert elapsed > 0.2 and ticks > elapsed / 0.001 / 4
