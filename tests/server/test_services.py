@@ -441,3 +441,23 @@ def test_hot_reload_add_change_break_remove(gw: Gateway, c: httpx.Client, folder
     log = gw.log.read_text()
     assert "service file extra.yaml not loaded" in log
     print("hot reload, seconds until seen:", {k: round(v, 2) for k, v in timings.items()})
+
+
+def test_websocket_unknown_job_bad_list_and_no_key(gw: Gateway) -> None:
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+    from websockets.sync.client import connect
+
+    with connect(ws_url(gw, "/ws/results/no-such-job"), additional_headers=gw.headers()) as ws:
+        assert json.loads(ws.recv(timeout=30))["status"] == "unknown"
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=10)
+    with connect(ws_url(gw, "/ws/results"), additional_headers=gw.headers()) as ws:
+        ws.send(json.dumps({"not": "a list"}))
+        assert json.loads(ws.recv(timeout=30))["status"] == "error"
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1003
+    with pytest.raises(InvalidStatus) as refused:  # closed before the handshake: a 403
+        connect(ws_url(gw, "/ws/results/x"), open_timeout=30)
+    assert refused.value.response.status_code == 403

@@ -1,9 +1,10 @@
 """The services registry: the service files of a folder, reloaded when they change.
 
 Every process (gateway workers, job workers) keeps its own registry and checks the files'
-modification times at most every ``reload_s`` seconds, when a service is asked for (and, in
-the gateway, from a background task), so a file added, changed or removed takes effect within
-that time everywhere, with no restart and no shared state. A template is read again when its
+modification times every ``reload_s`` seconds: a gateway process from a background task (a
+request never waits for a scan), a job worker when a service is asked for and the last check is
+older than that. A file added, changed or removed takes effect within that time everywhere,
+with no restart and no shared state. A template is read again when its
 file changes. A file that cannot be loaded keeps the last good version of its services; the
 reason is logged once per change and shown by ``GET /services``.
 """
@@ -91,10 +92,20 @@ def _signature(path: Path) -> Signature | None:
 class ServiceRegistry:
     """The services of ``services_dir`` with templates from ``prompts_dir``."""
 
-    def __init__(self, services_dir: Path, prompts_dir: Path, *, reload_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        services_dir: Path,
+        prompts_dir: Path,
+        *,
+        reload_s: float = 1.0,
+        auto_refresh: bool = True,
+    ) -> None:
         self.services_dir = Path(services_dir)
         self.prompts_dir = Path(prompts_dir)
         self.reload_s = reload_s
+        self.auto_refresh = auto_refresh
+        """Whether reading checks the files when due (off where a background task calls
+        :meth:`refresh`, so a request never waits for a scan)."""
         self._files: dict[str, _FileState] = {}
         self._routes: dict[str, LoadedService] = {}
         self._conflicts: dict[str, str] = {}
@@ -274,7 +285,8 @@ class ServiceRegistry:
     def get(self, route: str) -> LoadedService:
         """The service at ``route`` (the files checked first if due);
         :class:`UnknownServiceError` if none."""
-        self.refresh()
+        if self.auto_refresh:
+            self.refresh()
         service = self._routes.get(route.strip("/"))
         if service is None:
             known = ", ".join(sorted(self._routes)) or "none"
@@ -283,14 +295,16 @@ class ServiceRegistry:
 
     def routes(self) -> list[str]:
         """The routes served now."""
-        self.refresh()
+        if self.auto_refresh:
+            self.refresh()
         return sorted(self._routes)
 
     def describe(self) -> list[dict[str, Any]]:
         """``GET /services``: each service as its file says it (with ``route``), its ``status``
         (``ok``, or ``error`` with the reason its file's new version is not loaded), and each
         file that never loaded as an entry with ``status: error``."""
-        self.refresh()
+        if self.auto_refresh:
+            self.refresh()
         out: list[dict[str, Any]] = []
         for route in sorted(self._routes):
             s = self._routes[route]

@@ -89,6 +89,7 @@ class ServicesFront:
         self.gateway = gateway
         self.config = config
         self.registry = registry_from_config(config)
+        self.registry.auto_refresh = False  # the reload task checks the files, off the loop
         self.runtime = Runtime(
             config,
             self.registry,
@@ -119,7 +120,7 @@ class ServicesFront:
     # ---- life ----
     async def startup(self) -> None:
         """Load the services now, and keep checking their files in the background."""
-        self.registry.refresh(force=True)
+        await asyncio.to_thread(self.registry.refresh, force=True)
         _ = self.queue
         self._reloader = asyncio.create_task(self._reload_loop(), name="services-reload")
 
@@ -219,7 +220,7 @@ class ServicesFront:
 
         try:
             self.gateway.authorize(request)
-            described = await asyncio.to_thread(self.registry.describe)
+            described = self.registry.describe()
         except Exception as exc:
             return self._error(exc)
         return json_response(described)
