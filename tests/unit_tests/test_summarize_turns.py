@@ -201,7 +201,8 @@ def test_every_prompt_fits_and_holds_at_most_max_new_turns(newline: int) -> None
     out = chain.invoke(transcript(40, 12))
     assert_fits(llm, 220, 60)
     sent_turns = [line for text in llm.sent for line in text.splitlines()[1:]]
-    assert sent_turns == chain.split(transcript(40, 12))  # every turn once, in order
+    # every turn sent once (the batches run in parallel: in any order)
+    assert sorted(sent_turns) == sorted(chain.split(transcript(40, 12)))
     assert all(len(text.splitlines()) - 1 <= 6 for text in llm.sent)
     assert out["batches"] == len(llm.sent) == out["calls"] and out["turns"] == 40
 
