@@ -402,3 +402,15 @@ async def test_run_job_returns_a_redacted_failure_and_stops_when_cancelled() -> 
     with pytest.raises(JobCancelled):
         await run_job(runtime_with(service), job(), report, lambda: flag["cancel"])
     assert service.calls == 1  # stopped between batches
+
+
+def test_registry_checks_the_reduce_template(tmp_path: Path) -> None:
+    reg, services, prompts = make_registry(tmp_path)
+    touch(prompts / "summarize-en.txt", "So far: {}\nNew: {}")
+    touch(prompts / "reduce-file.txt", "Reduce {summary} and {text}")
+    touch(services / "s.yaml", ISSUE_YAML)
+    (entry,) = reg.describe()
+    assert entry["status"] == "error"
+    assert entry["error"].startswith("reduce-file.txt: a reduce template")
+    touch(prompts / "reduce-file.txt", "Reduce: {}")
+    assert reg.get("summarize/en").reduce_templates["reduce-file"].positional == 1

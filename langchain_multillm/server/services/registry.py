@@ -147,6 +147,15 @@ class ServiceRegistry:
                 reduce[name], used[name] = self._template(
                     name, f"{where}.flavor[{i}].reduce_prompt"
                 )
+                t = reduce[name]
+                if not (
+                    (t.positional == 1 and not t.named)
+                    or (not t.positional and t.named == {"text"})
+                ):
+                    raise ServiceFileError(
+                        f"{name}{TEMPLATE_SUFFIX}",
+                        "a reduce template takes the text to reduce: one '{}' or '{text}'",
+                    )
             out[route] = LoadedService(route, spec, path.name, template, reduce)
         return out, used
 
