@@ -556,10 +556,17 @@ class ChatRouter(BaseChatModel):
         attempt: Callable[[_Candidate, _Prepared], Any],
         *,
         stream: bool,
+        force: bool = False,
     ) -> tuple[_Candidate, Any]:
         """Walk the order; ``attempt`` runs on each candidate that fits until one succeeds.
-        The winner stays in flight (the caller ends it with :meth:`_done`)."""
+        The winner stays in flight (the caller ends it with :meth:`_done`).
+
+        ``context_overflow="ignore"`` still routes by fit; only when no candidate fits is the
+        call sent anyway (``force``), to the first in the order: its backend judges."""
         t = self._t
+        ignore = not force and kwargs.get("context_overflow") == "ignore"
+        if ignore:
+            kwargs = {**kwargs, "context_overflow": "raise"}
         for c in t.due():
             t.judge(c, c.health(), probe=True)
         order = t.order()
@@ -602,6 +609,9 @@ class ChatRouter(BaseChatModel):
                     time.sleep(delay(exc, tries, initial=t.backoff))
             if not progressed:
                 break
+        if ignore and last is None and misfit:
+            forced = {**kwargs, "context_overflow": "ignore"}
+            return self._route(messages, stop, forced, attempt, stream=stream, force=True)
         if last is None and closed_out and len(misfit) == len(order):
             self._fit_closed_out(messages, stop, kwargs, misfit, closed_out, stream)
         raise self._nothing_left(last, misfit, closed_out)
@@ -708,9 +718,13 @@ class ChatRouter(BaseChatModel):
         attempt: Callable[[_Candidate, _Prepared], Any],
         *,
         stream: bool,
+        force: bool = False,
     ) -> tuple[_Candidate, Any]:
         """Async twin of :meth:`_route` (``attempt`` returns an awaitable)."""
         t = self._t
+        ignore = not force and kwargs.get("context_overflow") == "ignore"
+        if ignore:
+            kwargs = {**kwargs, "context_overflow": "raise"}
         due = t.due()
         if due:
             reports = await asyncio.gather(*(c.ahealth() for c in due))
@@ -759,6 +773,9 @@ class ChatRouter(BaseChatModel):
                     await asyncio.sleep(delay(exc, tries, initial=t.backoff))
             if not progressed:
                 break
+        if ignore and last is None and misfit:
+            forced = {**kwargs, "context_overflow": "ignore"}
+            return await self._aroute(messages, stop, forced, attempt, stream=stream, force=True)
         if last is None and closed_out and len(misfit) == len(order):
             for c in list(closed_out):
                 try:
@@ -880,21 +897,36 @@ class ChatRouter(BaseChatModel):
 
     def count_tokens(self, x: PromptInput, tools: Sequence[Any] | None = None) -> int:
         """Tokens in ``x`` for the candidate a call would be routed to."""
-        for c in self._peek():
-            report = c.check_fit(x, None, tools)
-            if report is not None and report.fits and c.surface is not None:
-                return c.surface.count_tokens(x, tools)
-        surface = self._widest_surface()
-        return surface.count_tokens(x, tools)
+        return self._chosen_surface(x, tools).count_tokens(x, tools)
 
     async def acount_tokens(self, x: PromptInput, tools: Sequence[Any] | None = None) -> int:
         """Async twin of :meth:`count_tokens`."""
+        return await (await self._achosen_surface(x, tools)).acount_tokens(x, tools)
+
+    def _chosen_surface(self, x: PromptInput, tools: Sequence[Any] | None) -> ModelSurface:
+        for c in self._peek():
+            report = c.check_fit(x, None, tools)
+            if report is not None and report.fits and c.surface is not None:
+                return c.surface
+        return self._widest_surface()
+
+    async def _achosen_surface(self, x: PromptInput, tools: Sequence[Any] | None) -> ModelSurface:
         for c in self._peek():
             report = await c.acheck_fit(x, None, tools)
             if report is not None and report.fits and c.surface is not None:
-                return await c.surface.acount_tokens(x, tools)
-        surface = self._widest_surface()
-        return await surface.acount_tokens(x, tools)
+                return c.surface
+        return self._widest_surface()
+
+    def count_tokens_exact(self, x: PromptInput, tools: Sequence[Any] | None = None) -> int | None:
+        """Exact tokens in ``x`` for the candidate a call would be routed to (None where it
+        cannot count exactly)."""
+        return self._chosen_surface(x, tools).count_tokens_exact(x, tools)
+
+    async def acount_tokens_exact(
+        self, x: PromptInput, tools: Sequence[Any] | None = None
+    ) -> int | None:
+        """Async twin of :meth:`count_tokens_exact`."""
+        return await (await self._achosen_surface(x, tools)).acount_tokens_exact(x, tools)
 
     def _widest_surface(self) -> ModelSurface:
         surfaces = [c for c in self._t.cands if c.surface is not None]

@@ -218,6 +218,28 @@ def test_check_fit_count_tokens_and_limits_answer_for_the_chosen_candidate() -> 
     assert router.profile is not None
 
 
+def test_context_overflow_ignore_still_routes_by_fit_and_sends_when_none_fits() -> None:
+    small, large = Fake(model_name="small", window=100), Fake(model_name="large", window=300)
+    router = ChatRouter(models=[small, large], strategy="ordered", names=["small", "large"])
+    # fits the large one only: routed there even though the caller said "ignore"
+    assert routed(router.invoke("a" * 600, context_overflow="ignore")) == "large"
+    assert small._attempts == 0
+    # fits neither: sent anyway, as asked, to the first in the order (its backend judges)
+    assert routed(router.invoke("a" * 8000, context_overflow="ignore")) == "small"
+    with pytest.raises(ContextWindowExceededError):
+        router.invoke("a" * 8000)
+
+
+async def test_exact_counts_are_the_chosen_candidates() -> None:
+    small, large = Fake(model_name="small", window=100), Fake(model_name="large", window=10_000)
+    router = ChatRouter(models=[small, large], strategy="ordered")
+    assert router.count_tokens_exact("a" * 2000) == 2000 // 4 + 3
+    assert await router.acount_tokens_exact("hi") == 4
+    assert await router.acount_tokens("a" * 2000) == 503
+    assert (await router.acheck_fit("a" * 2000)).context_window == 10_000
+    assert (await router.aget_limits()).context_window == 10_000
+
+
 # ---- breakers ----
 
 
