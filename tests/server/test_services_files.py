@@ -414,3 +414,16 @@ def test_registry_checks_the_reduce_template(tmp_path: Path) -> None:
     assert entry["error"].startswith("reduce-file.txt: a reduce template")
     touch(prompts / "reduce-file.txt", "Reduce: {}")
     assert reg.get("summarize/en").reduce_templates["reduce-file"].positional == 1
+
+
+def test_services_in_several_processes_need_a_broker(llama_cpp_available: str) -> None:
+    from langchain_multillm.server.app import create_app
+    from langchain_multillm.server.config import ConfigError
+
+    config = ServeConfig.model_validate(
+        {"server": {"workers": 2}, "models": [{"name": "m", "model": "llamacpp:"}], "services": {}}
+    )
+    with pytest.raises(ConfigError) as info:
+        create_app(config)
+    assert info.value.field == "services"
+    assert "jobs:" in info.value.problem
