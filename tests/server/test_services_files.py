@@ -427,3 +427,15 @@ def test_services_in_several_processes_need_a_broker(llama_cpp_available: str) -
         create_app(config)
     assert info.value.field == "services"
     assert "jobs:" in info.value.problem
+
+
+def test_the_example_services_folder_loads() -> None:
+    root = Path(__file__).resolve().parents[2] / "examples" / "services"
+    runtime = load_runtime(root / "serve.yaml")
+    assert isinstance(runtime.services, ServiceRegistry)
+    described = runtime.services.describe()
+    assert {s["route"]: s["status"] for s in described} == {
+        "ask": "ok",
+        "summarize/en": "ok",
+        "translate/fr": "ok",
+    }
