@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import threading
 import time
@@ -178,6 +179,9 @@ class _Candidate:
     ) -> _Prepared:  # fmt: skip
         """The candidate's own gate: raises ContextWindowExceededError if it cannot fit."""
         model = self.model
+        if isinstance(model, ChatRouter):
+            _refuse(model.check_fit(messages, **self._router_args(kwargs)))
+            return _Prepared(None)
         if not isinstance(model, MultiLLMChatModel):
             return _Prepared(None)
         req, policy, prompt = model._start(messages, stop, self._merged(kwargs), stream=stream)
@@ -193,6 +197,9 @@ class _Candidate:
         stream: bool,
     ) -> _Prepared:  # fmt: skip
         model = self.model
+        if isinstance(model, ChatRouter):
+            _refuse(await model.acheck_fit(messages, **self._router_args(kwargs)))
+            return _Prepared(None)
         if not isinstance(model, MultiLLMChatModel):
             return _Prepared(None)
         req, policy, prompt = model._start(messages, stop, self._merged(kwargs), stream=stream)
@@ -205,6 +212,10 @@ class _Candidate:
             req.fit = UNCHECKED
         return _Prepared(req if self.direct else None)
 
+    def _router_args(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        merged = self._merged(kwargs)
+        return {"max_tokens": merged.get("max_tokens"), "tools": merged.get("tools")}
+
     def _fit_args(
         self, max_tokens: int | None, tools: Sequence[Any] | None
     ) -> tuple[int | None, Sequence[Any] | None]:
@@ -214,22 +225,26 @@ class _Candidate:
     def check_fit(
         self, x: PromptInput, max_tokens: int | None, tools: Sequence[Any] | None
     ) -> FitReport | None:
+        mt, tl = self._fit_args(max_tokens, tools)
+        if isinstance(self.model, ChatRouter):
+            return self.model.check_fit(x, mt, tl)
         if self.surface is None:
             return None
-        mt, tl = self._fit_args(max_tokens, tools)
         return self.surface.check_fit(x, mt, tl)
 
     async def acheck_fit(
         self, x: PromptInput, max_tokens: int | None, tools: Sequence[Any] | None
     ) -> FitReport | None:
+        mt, tl = self._fit_args(max_tokens, tools)
+        if isinstance(self.model, ChatRouter):
+            return await self.model.acheck_fit(x, mt, tl)
         if self.surface is None:
             return None
-        mt, tl = self._fit_args(max_tokens, tools)
         return await self.surface.acheck_fit(x, mt, tl)
 
     def known_window(self) -> int | None:
         s = self.surface
-        if s is None:
+        if s is None or isinstance(self.model, ChatRouter):
             profile = getattr(self.model, "profile", None) or {}
             value = profile.get("max_input_tokens") if isinstance(profile, dict) else None
             return value if isinstance(value, int) else None
@@ -240,11 +255,15 @@ class _Candidate:
 
     # ---- health (free) ----
     def health(self) -> HealthReport:
+        if isinstance(self.model, ChatRouter):
+            return self.model.health()
         if self.surface is None:
             return _no_check(self.name)
         return self.surface.health()
 
     async def ahealth(self) -> HealthReport:
+        if isinstance(self.model, ChatRouter):
+            return await self.model.ahealth()
         if self.surface is None:
             return _no_check(self.name)
         return await self.surface.ahealth()
@@ -264,6 +283,20 @@ class _Candidate:
             inheritable_metadata=run_manager.inheritable_metadata,
         )
         return {"callbacks": child}
+
+
+def _refuse(report: FitReport) -> None:
+    """A nested router's fit check as this candidate's: over every window, refused."""
+    if not report.fits:
+        limit = report.max_input_tokens or report.context_window
+        raise ContextWindowExceededError(
+            f"the prompt does not fit: {report.reason}",
+            prompt_tokens=report.prompt_tokens,
+            max_tokens=report.max_tokens,
+            limit=limit,
+            fit=report,
+            backend="router",
+        )
 
 
 def _no_check(name: str) -> HealthReport:
@@ -501,8 +534,25 @@ class ChatRouter(BaseChatModel):
 
     # ------------------------------------------------------------------ state
 
-    def state(self) -> list[CandidateState]:
-        """Each candidate's breaker, failures, calls in flight, last error and last health."""
+    def state(self, nested: bool = False) -> list[CandidateState]:
+        """Each candidate's breaker, failures, calls in flight, last error and last health.
+
+        ``nested``: a candidate that is itself a router is followed by its own candidates,
+        named ``outer/inner``."""
+        mine = self._state()
+        if not nested:
+            return mine
+        out: list[CandidateState] = []
+        for c, st in zip(self._t.cands, mine, strict=True):
+            out.append(st)
+            if isinstance(c.model, ChatRouter):
+                out.extend(
+                    dataclasses.replace(s, name=f"{c.name}/{s.name}")
+                    for s in c.model.state(nested=True)
+                )
+        return out
+
+    def _state(self) -> list[CandidateState]:
         now = time.monotonic()
         with self._t.lock:
             return [

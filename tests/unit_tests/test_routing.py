@@ -449,3 +449,16 @@ def test_a_foreign_model_is_assumed_to_fit_and_called_through_invoke() -> None:
     chunks = list(router.stream("a" * 2000))
     assert "".join(str(c.content) for c in chunks) == "echo"
     assert router.health().ready
+
+
+def test_a_router_of_routers_routes_by_fit_and_shows_nested_state() -> None:
+    a, b = Fake(model_name="a", window=100, fail=down()), Fake(model_name="b", window=100)
+    big = Fake(model_name="big", window=10_000)
+    replicas = ChatRouter(models=[a, b], names=["a", "b"], backoff_s=0)
+    router = ChatRouter(models=[replicas, big], names=["main", "big"], strategy="ordered")
+    assert routed(router.invoke("hi")) == "main"  # answered by b inside
+    assert routed(router.invoke("a" * 2000)) == "big" and b._sent == 1
+    names = [s.name for s in router.state(nested=True)]
+    assert names == ["main", "main/a", "main/b", "big"]
+    assert router.check_fit("hi").context_window == 100
+    assert router.health().ready
