@@ -231,3 +231,12 @@ def test_a_batching_engine_gets_a_sync_batch_all_at_once() -> None:
 def test_one_input_takes_the_ordinary_path() -> None:
     with pytest.raises(AssertionError, match="async path"):
         BatchingChat(engine=Engine(1)).batch(["a"])
+
+
+def test_in_process_vllm_batches_in_its_engine() -> None:
+    from langchain_multillm.backends.vllm import VLLM, ChatVLLM
+
+    for cls in (ChatVLLM, VLLM):
+        assert cls._batches_in_engine is True
+        assert "_batches_in_engine" not in cls.__private_attributes__  # a class setting
+    assert ChatTGI._batches_in_engine is False
