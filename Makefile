@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: install peers demo test test-unit test-llamacpp test-vllm test-vllm-engine bench-vllm test-notebooks test-embeddings test-tgi test-deepseek test-azure test-gemini test-server lint format bench bench-http docs record-tgi record-deepseek record-gemini record-azure clean
+.PHONY: install peers demo test test-unit test-llamacpp test-vllm test-vllm-engine bench-vllm test-notebooks test-embeddings test-tgi test-deepseek test-azure test-gemini test-server lint format bench bench-http bench-serve docs record-tgi record-deepseek record-gemini record-azure clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -107,6 +107,21 @@ bench: install
 bench-http: install
 	$(PIP) install -q --no-deps --target .build/bench-http 'httpx-aiohttp==0.2.0'
 	PYTHONPATH=.build/bench-http $(PY) bench/http_clients.py
+
+# The gateway (multillm serve, one worker) against LiteLLM's proxy and the upstream direct, then
+# 1,000 concurrent streams through one worker (about 2 minutes; bench/README.md). LiteLLM is a
+# bench-only peer in its own venv (.build/bench-litellm): in .venv it would pull other versions
+# of openai and pydantic than the tests use. Its proxy needs LITELLM_MASTER_KEY (a throwaway one
+# is made for the run when it is unset). BENCH_SERVE_ARGS passes options (--strict, --duration).
+LITELLM_VENV := .build/bench-litellm
+$(LITELLM_VENV)/.installed:
+	$(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/python -m pip install -q --upgrade 'pip>=25.1'
+	$(LITELLM_VENV)/bin/python -m pip install -q 'litellm[proxy]==1.108.7'
+	touch $@
+
+bench-serve: install $(LITELLM_VENV)/.installed
+	$(PY) bench/serve.py --litellm $(LITELLM_VENV)/bin/litellm $(BENCH_SERVE_ARGS)
 
 # Re-record the TGI cassettes (tests/unit_tests/test_tgi_cassettes.py) against a real server:
 #   TGI_BASE_URL=http://host:8080 make record-tgi

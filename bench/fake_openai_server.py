@@ -9,9 +9,15 @@ adds as little and as steady a cost as possible. Routes:
 * ``POST /v1/chat/completions``: a fixed short completion; with ``stream: true`` an SSE stream
   of a role chunk, ``CHUNKS`` small content chunks, a finish chunk, a usage chunk (when
   ``stream_options.include_usage``) and ``data: [DONE]``, sent as HTTP chunked encoding;
-* ``GET /_stats``: how many requests each route has had (for the benchmark's own checks).
+* ``GET /_stats``: how many requests each route has had (for the benchmark's own checks), and
+  ``open_streams_max``, the most streams that were open at once.
 
-Run ``python bench/fake_openai_server.py [--port N]``; it prints ``PORT <n>`` once listening.
+``--stream-delay S`` spaces a stream's events S seconds apart (default 0: all at once), so that
+many streams stay open together (``bench/serve.py``'s 1,000-stream phase); a client that leaves
+mid-stream stops its stream.
+
+Run ``python bench/fake_openai_server.py [--port N] [--stream-delay S]``; it prints ``PORT <n>``
+once listening.
 """
 
 from __future__ import annotations
@@ -112,7 +118,9 @@ def _completion(model: str) -> bytes:
     )
 
 
-def _stream(model: str, include_usage: bool) -> bytes:
+def _stream(model: str, include_usage: bool) -> list[bytes]:
+    """The HTTP response of a stream as its parts: the head, one HTTP chunk per event, the end."""
+
     def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {
             "id": COMPLETION_ID,
@@ -138,24 +146,36 @@ def _stream(model: str, include_usage: bool) -> bytes:
         b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
         b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
     )
-    body = b"".join(b"%x\r\n%s\r\n" % (len(d), d) for d in datas)
-    return head + body + b"0\r\n\r\n"
+    return [head, *(b"%x\r\n%s\r\n" % (len(d), d) for d in datas), b"0\r\n\r\n"]
 
 
 _CACHE: dict[tuple[Any, ...], bytes] = {}
 
 
+_PARTS: dict[tuple[Any, ...], list[bytes]] = {}
+
+
 def _cached(key: tuple[Any, ...], build: Any) -> bytes:
     out = _CACHE.get(key)
     if out is None:
-        out = _CACHE[key] = build()
+        out = _CACHE[key] = b"".join(build) if isinstance(build, list) else build()
+    return out
+
+
+def _cached_parts(key: tuple[Any, ...], build: Any) -> list[bytes]:
+    out = _PARTS.get(key)
+    if out is None:
+        out = _PARTS[key] = build()
     return out
 
 
 STATS: Counter[str] = Counter()
+STREAM_DELAY = 0.0  # seconds between a stream's events (--stream-delay)
+OPEN_STREAMS = 0
 
 
-def handle(method: str, path: str, raw: bytes) -> bytes:
+def handle(method: str, path: str, raw: bytes) -> bytes | list[bytes]:
+    """The response to one request: bytes, or a stream's parts (a list) to send spaced out."""
     path = path.split("?", 1)[0]
     STATS[f"{method} {path}"] += 1
     if method == "GET":
@@ -165,6 +185,12 @@ def handle(method: str, path: str, raw: bytes) -> bytes:
             return HEALTH_RESPONSE
         if path == "/_stats":
             return _response(200, _dump(dict(STATS)))
+        if path == "/_stats/reset":
+            STATS.clear()
+            return _response(200, b"{}")
+        if path == "/_stats/reset":
+            STATS.clear()
+            return _response(200, b"{}")
         return NOT_FOUND
     try:
         body = json.loads(raw) if raw else {}
@@ -174,7 +200,8 @@ def handle(method: str, path: str, raw: bytes) -> bytes:
         model = body.get("model") or MODEL
         if body.get("stream"):
             usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return _cached(("stream", model, usage), lambda: _stream(model, usage))
+            parts = _cached_parts(("stream", model, usage), lambda: _stream(model, usage))
+            return parts if STREAM_DELAY > 0 else _cached(("whole", model, usage), parts)
         return _cached(("chat", model), lambda: _completion(model))
     if path == "/tokenize":
         n = count_tokens(body)
@@ -188,12 +215,21 @@ class HTTPProtocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.buf = b""
         self.transport: asyncio.Transport | None = None
+        self.sending: asyncio.Task[None] | None = None  # a spaced-out stream being sent
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.sending is not None:
+            self.sending.cancel()
+
     def data_received(self, data: bytes) -> None:
         self.buf += data
+        if self.sending is None:
+            self.process()
+
+    def process(self) -> None:
         while True:
             end = self.buf.find(b"\r\n\r\n")
             if end < 0:
@@ -214,10 +250,33 @@ class HTTPProtocol(asyncio.Protocol):
             body = self.buf[end + 4 : end + 4 + length]
             self.buf = self.buf[end + 4 + length :]
             assert self.transport is not None
-            self.transport.write(handle(method, target, body))
+            out = handle(method, target, body)
+            if isinstance(out, list):  # a spaced-out stream: the next request waits for it
+                self.sending = asyncio.ensure_future(self.send_spaced(out, close))
+                return
+            self.transport.write(out)
             if close:
                 self.transport.close()
                 return
+
+    async def send_spaced(self, parts: list[bytes], close: bool) -> None:
+        global OPEN_STREAMS
+        assert self.transport is not None
+        OPEN_STREAMS += 1
+        STATS["open_streams_max"] = max(STATS["open_streams_max"], OPEN_STREAMS)
+        try:
+            self.transport.write(parts[0] + parts[1])
+            for part in parts[2:-1]:
+                await asyncio.sleep(STREAM_DELAY)
+                self.transport.write(part)
+            self.transport.write(parts[-1])
+        finally:
+            OPEN_STREAMS -= 1
+            self.sending = None
+        if close:
+            self.transport.close()
+        elif not self.transport.is_closing():
+            self.process()
 
 
 async def main(host: str, port: int) -> None:
@@ -232,7 +291,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0: any free port")
+    parser.add_argument(
+        "--stream-delay", type=float, default=0.0, help="seconds between a stream's events"
+    )
     args = parser.parse_args()
+    STREAM_DELAY = args.stream_delay
     try:
         asyncio.run(main(args.host, args.port))
     except KeyboardInterrupt:

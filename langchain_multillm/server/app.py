@@ -265,8 +265,48 @@ class SSEResponse:
                 ],
             }
         )
-        async for piece in self.body:
-            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        # The body runs in its own task and the events it has made while this one was sending
+        # go out together: one write (one syscall, one wake-up of the client) for what an
+        # upstream read brought, not one per event. Nothing waits to be batched: an event is
+        # sent as soon as the body has to wait for the model. At most _SSE_AHEAD events wait
+        # here (a slow client slows the body down, as before).
+        pending: list[bytes] = []
+        ready = asyncio.Event()
+        room = asyncio.Event()
+        ended = False
+
+        async def produce() -> None:
+            nonlocal ended
+            try:
+                async for piece in self.body:
+                    pending.append(piece)
+                    ready.set()
+                    if len(pending) >= _SSE_AHEAD:
+                        room.clear()
+                        await room.wait()
+            finally:
+                ended = True
+                ready.set()
+
+        producer = asyncio.ensure_future(produce())
+        try:
+            while True:
+                if not pending and not ended:
+                    await ready.wait()
+                    ready.clear()
+                if pending:
+                    data = b"".join(pending)
+                    pending.clear()
+                    room.set()
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
+                elif ended:
+                    break
+            await producer  # its error, if it failed
+        finally:
+            if not producer.done():
+                producer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await producer
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -303,6 +343,8 @@ def sse(obj: Any) -> bytes:
 
 
 DONE = b"data: [DONE]\n\n"
+# Events a stream's body may make ahead of the client (SSEResponse); past it, the body waits.
+_SSE_AHEAD = 64
 
 
 def trailer(data: dict[str, Any] | None) -> bytes:
