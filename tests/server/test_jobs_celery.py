@@ -481,6 +481,31 @@ def test_cancel_a_running_and_a_queued_job_and_idempotency_key(
     assert upstream.calls["idem"] == 1
 
 
+@pytest.mark.timeout(60)
+def test_websocket_pushes_each_change_written_by_a_worker(
+    cluster: Cluster, client: httpx.Client
+) -> None:
+    """The gateway's WS /ws/results/{id} follows a job a worker process runs (Redis pub/sub):
+    each change in order, the final one, then the server closes."""
+    from websockets.exceptions import ConnectionClosedOK
+    from websockets.sync.client import connect
+
+    job_id = submit(client, "pushed tag=ws sleep=1")
+    ws_url = cluster.gateway.url.replace("http://", "ws://") + f"/ws/results/{job_id}"
+    seen: list[dict[str, Any]] = []
+    with connect(ws_url, open_timeout=30) as ws:
+        while not seen or seen[-1]["status"] not in ("complete", "error"):
+            seen.append(json.loads(ws.recv(timeout=30)))
+        with pytest.raises(ConnectionClosedOK):
+            ws.recv(timeout=10)
+    statuses = [m["status"] for m in seen]
+    assert statuses[-1] == "complete" and seen[-1]["summarization"] == "ok ws"
+    assert "started" in statuses or "processing" in statuses, statuses  # pushed, not polled
+    order = ["queued", "started", "processing", "complete"]
+    assert [order.index(x) for x in statuses] == sorted(order.index(x) for x in statuses)
+    assert len(statuses) == len(set(statuses)), statuses  # each change once
+
+
 @pytest.mark.timeout(120)
 def test_burst_of_200_jobs_over_two_workers_each_runs_once(
     cluster: Cluster, client: httpx.Client, upstream: Upstream
