@@ -551,6 +551,43 @@ def test_burst_of_200_jobs_over_two_workers_each_runs_once(
     print(f"\nburst: {n} jobs submitted in {submitted:.1f}s, all complete in {took:.1f}s ({done})")
 
 
+def claimed_by(cluster: Cluster, r: Any, job_id: str, tag: str, upstream: Upstream) -> int:
+    """The pid of the pool process running ``job_id`` (from its claim), once its call is in
+    flight at the upstream."""
+    deadline = time.monotonic() + 30
+    holder = None
+    while time.monotonic() < deadline and not (holder and upstream.calls[tag]):
+        holder = r.get(f"{cluster.queue}:job:{job_id}:claim")
+        time.sleep(0.05)
+    assert holder is not None and upstream.calls[tag] == 1, "the job did not start"
+    return int(holder.decode().split(":")[1])
+
+
+@pytest.mark.timeout(60)
+def test_pool_process_killed_mid_job_run_again_without_waiting_for_the_broker(
+    cluster: Cluster, client: httpx.Client, upstream: Upstream, broker: str
+) -> None:
+    """SIGKILL to the pool process only: its worker puts the job back at once
+    (task_reject_on_worker_lost) and it runs again when the dead process's claim lapses,
+    well before the visibility timeout."""
+    import redis
+
+    upstream.reset()
+    job_id = submit(client, "long tag=child sleep=2")
+    r = redis.Redis.from_url(broker)
+    try:
+        os.kill(claimed_by(cluster, r, job_id, "child", upstream), signal.SIGKILL)
+        killed = time.monotonic()
+        final = wait_final(client, job_id, timeout=30)
+    finally:
+        r.close()
+    assert final["status"] == "complete" and final["summarization"] == "ok child", final
+    assert upstream.calls["child"] == 2
+    retaken = upstream.starts[-1][0] - killed
+    assert retaken < VISIBILITY_S, retaken
+    print(f"\npool process SIGKILLed mid-job: run again {retaken:.1f}s after the kill")
+
+
 @pytest.mark.timeout(120)
 def test_worker_killed_mid_job_another_finishes_it(
     cluster: Cluster, client: httpx.Client, upstream: Upstream, broker: str
@@ -562,13 +599,7 @@ def test_worker_killed_mid_job_another_finishes_it(
     upstream.reset()
     job_id = submit(client, "long tag=kill sleep=3")
     r = redis.Redis.from_url(broker)
-    deadline = time.monotonic() + 30
-    holder = None
-    while time.monotonic() < deadline and not (holder and upstream.calls["kill"]):
-        holder = r.get(f"{cluster.queue}:job:{job_id}:claim")
-        time.sleep(0.05)
-    assert holder is not None and upstream.calls["kill"] == 1, "the job did not start"
-    child = int(holder.decode().split(":")[1])
+    child = claimed_by(cluster, r, job_id, "kill", upstream)
     victim = next(w for w in cluster.workers if w.proc.pid == os.getpgid(child))
     os.killpg(victim.proc.pid, signal.SIGKILL)
     killed = time.monotonic()
