@@ -76,8 +76,9 @@ test-gemini: install
 test-server: install
 	$(PYTEST) tests/server -m "server"
 
+# ChatVLLMServer / VLLMServer against the real vLLM CPU server, and the gateway in front of it.
 test-vllm: install peers
-	$(PYTEST) tests/integration_tests tests/contract -m "vllm_server"
+	$(PYTEST) tests/integration_tests tests/contract tests/server -m "vllm_server"
 
 # ChatVLLM / VLLM on the real vLLM engine in-process (CPU build), from the vLLM venv (which has
 # this package installed editable by `make peers`); one shared engine for the whole tier.

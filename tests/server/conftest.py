@@ -1,4 +1,6 @@
-"""The gateway's tests: every test here carries the ``server`` marker (``make test-server``).
+"""The gateway's tests: every test here carries the ``server`` marker (``make test-server``),
+except those marked for another peer's tier (``vllm_server``: the gateway in front of the real
+vLLM CPU server, run by ``make test-vllm``), so each test runs in exactly one tier.
 
 ``gateway`` is the real thing: ``multillm serve --config ...`` on uvicorn on a free port, in its
 own process, with the embedded llama.cpp model (SmolLM2) behind it. ``relay`` puts a gateway in
@@ -26,9 +28,15 @@ HERE = Path(__file__).resolve().parent
 KEY = "test-gateway-key"
 
 
+# Tiers of their own: a test here with one of these markers runs in that tier, not in ``server``.
+OTHER_TIERS = ("vllm_server",)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if HERE in Path(str(item.fspath)).resolve().parents:
+        if HERE not in Path(str(item.fspath)).resolve().parents:
+            continue
+        if not any(item.get_closest_marker(tier) for tier in OTHER_TIERS):
             item.add_marker(pytest.mark.server)
 
 
