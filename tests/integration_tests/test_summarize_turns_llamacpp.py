@@ -32,10 +32,10 @@ TOPICS = [
 def transcript() -> str:
     lines = [
         f"{name}: About {TOPICS[i % 5]}, I think we should decide by Friday. Item {i}."
-        for i, name in zip(range(45), ["Ann", "Ben", "Cy"] * 15, strict=False)
+        for i, name in zip(range(30), ["Ann", "Ben", "Cy"] * 10, strict=False)
     ]
     lines.insert(
-        7, "Ben: " + " ".join(f"Point {k} is that {TOPICS[k % 5]} matters." for k in range(30))
+        7, "Ben: " + " ".join(f"Point {k} is that {TOPICS[k % 5]} matters." for k in range(20))
     )
     lines.insert(3, "and a line without a speaker, which belongs to the last one")
     return "\n".join(lines)
@@ -75,7 +75,7 @@ def assert_every_prompt_fits(chat: ChatLlamaCpp, sent: Sent, calls: int) -> None
 
 def test_fields_2_in_order_reduced_and_consolidated(chat: ChatLlamaCpp) -> None:
     text = transcript()
-    assert chat.count_tokens(text) > 2 * WINDOW  # several batches at least
+    assert chat.count_tokens(text) > WINDOW  # several batches at least
     options = TurnOptions(
         create_new_turn_after=80,
         summary_turns=2,
@@ -99,7 +99,7 @@ def test_fields_2_in_order_reduced_and_consolidated(chat: ChatLlamaCpp) -> None:
     assert turns[3].startswith("Cy: and a line without a speaker")  # the last speaker's
     sent = Sent()
     out = chain.invoke(text, {"callbacks": [sent]})
-    assert out["turns"] == len(turns) and out["batches"] >= 4 and out["rounds"] >= 1
+    assert out["turns"] == len(turns) and out["batches"] >= 3 and out["rounds"] >= 1
     assert out["calls"] == out["batches"] + len(
         [p for p in sent.prompts if "Merge these" in p[0].text]
     )
@@ -134,6 +134,6 @@ async def test_fields_1_parallel_batches_within_the_window(chat: ChatLlamaCpp) -
         config={"callbacks": [sent]},
     )
     assert isinstance(summary, str)
-    assert len(seen) == len(sent.prompts) >= 4
+    assert len(seen) == len(sent.prompts) >= 2
     assert seen[-1][0] == seen[-1][1] and [d for d, _ in seen] == sorted(d for d, _ in seen)
     assert_every_prompt_fits(chat, sent, len(sent.prompts))
