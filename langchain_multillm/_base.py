@@ -32,7 +32,10 @@ import abc
 import asyncio
 import concurrent.futures
 import contextvars
+import functools
 import inspect
+import json
+import re
 import threading
 import time
 import warnings
@@ -688,6 +691,74 @@ async def afirst_then_rest(
 # ------------------------------------------------------------------ chat
 
 
+# Settings never part of a model's identity (credentials, headers, OAuth2 settings), and
+# LangChain's own fields (callbacks, cache, tags, ...).
+_NOT_IDENTITY = re.compile(
+    r"(^|_)(api_key|key|secret|token|password|passwd|credentials?|headers?|auth\w*)($|_)"
+)
+_LANGCHAIN_FIELDS = frozenset(BaseChatModel.model_fields) | frozenset(BaseLLM.model_fields)
+# Settings that change how a call is made or checked, not what it answers (some are filled from
+# the server after the first call: they must not change the identity).
+_NOT_ANSWER = frozenset(
+    {
+        "context_window",
+        "max_input_tokens",
+        "max_output_tokens",
+        "max_model_len",
+        "context_overflow",
+        "health_timeout",
+        "timeout",
+        "max_retries",
+        "streaming",
+        "stream_usage",
+        "default_structured_method",
+        "verify_ssl",
+        "profile",
+    }
+)
+
+
+def _settings_identity(model: BaseModel) -> dict[str, Any]:
+    """A model's settings that are plain JSON values (not None): what, with the sampling
+    parameters, makes its answers what they are (the server's URL, the GGUF path, the seed,
+    top_k, ...). Credentials, headers, SecretStr fields, objects and LangChain's own fields are
+    left out."""
+    out: dict[str, Any] = {}
+    for name in _identity_fields(type(model)):
+        value = getattr(model, name, None)
+        if value is None:
+            continue
+        if isinstance(value, (str, int, float, bool)):
+            out[name] = value
+        elif isinstance(value, (dict, list)):
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError):
+                continue  # a secret or an object inside: not a setting here
+            out[name] = _scrub(value)
+    return out
+
+
+@functools.cache
+def _identity_fields(cls: type[BaseModel]) -> tuple[str, ...]:
+    return tuple(
+        name
+        for name in cls.model_fields
+        if name not in _LANGCHAIN_FIELDS
+        and name not in _NOT_ANSWER
+        and not _NOT_IDENTITY.search(name)
+    )
+
+
+def _scrub(value: Any) -> Any:
+    """``value`` without the entries of its mappings whose key names a credential or header."""
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items() if not _NOT_IDENTITY.search(str(k).lower())}
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    return value
+
+
 class _Sampling(BaseModel):
     """Fields every model has, chat or completion."""
 
@@ -729,7 +800,10 @@ class _Sampling(BaseModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {"model_name": self.model_name, **self._default_params()}
+        """What tells this model's answers apart: its plain settings (``_settings_identity``)
+        and sampling parameters. LangChain's llm caches (``set_llm_cache``) key on it, so two
+        models that may answer differently never share an entry, and no credential is in it."""
+        return {**_settings_identity(self), "model_name": self.model_name, **self._default_params()}
 
 
 class MultiLLMChatModel(ModelSurface, _Sampling, BaseChatModel):
