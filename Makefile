@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: install peers demo test test-unit test-llamacpp test-vllm test-vllm-engine bench-vllm test-notebooks test-embeddings test-tgi test-deepseek test-azure test-gemini test-server lint format bench bench-http bench-serve docs record-tgi record-deepseek record-gemini record-azure clean
+.PHONY: install peers demo test test-unit test-llamacpp test-vllm test-vllm-engine bench-vllm test-notebooks test-embeddings test-tgi test-deepseek test-azure test-gemini test-server lint format bench bench-http bench-serve bench-routing docs record-tgi record-deepseek record-gemini record-azure clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -123,6 +123,11 @@ $(LITELLM_VENV)/.installed:
 
 bench-serve: install $(LITELLM_VENV)/.installed
 	$(PY) bench/serve.py --litellm $(LITELLM_VENV)/bin/litellm $(BENCH_SERVE_ARGS)
+
+# ChatRouter's own cost per call against the model itself and with_fallbacks (about 2 minutes;
+# BENCH_ROUTING_ARGS passes options: --quick, --strict, --no-http).
+bench-routing: install
+	$(PY) bench/routing.py $(BENCH_ROUTING_ARGS)
 
 # Re-record the TGI cassettes (tests/unit_tests/test_tgi_cassettes.py) against a real server:
 #   TGI_BASE_URL=http://host:8080 make record-tgi

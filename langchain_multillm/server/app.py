@@ -110,6 +110,7 @@ def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = 
 
 # ------------------------------------------------------------------ metrics
 
+BREAKER = {"closed": 0, "open": 1, "probing": 2}
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -161,6 +162,25 @@ class Metrics:
             "multillm_errors",
             "Errors answered, by model and error class.",
             ["model", "type"],
+            registry=r,
+        )
+        replica = ["model", "replica"]
+        self.replica_state = Gauge(
+            "multillm_replica_breaker",
+            "A routed model's deployment: its breaker (0 closed, 1 open, 2 probing).",
+            replica,
+            registry=r,
+        )
+        self.replica_in_flight = Gauge(
+            "multillm_replica_in_flight", "Calls in flight to a deployment.", replica, registry=r
+        )
+        self.replica_calls = Gauge(
+            "multillm_replica_calls", "Calls sent to a deployment, in all.", replica, registry=r
+        )
+        self.replica_failures = Gauge(
+            "multillm_replica_failures",
+            "A deployment's retryable failures and cut streams, in all.",
+            replica,
             registry=r,
         )
 
@@ -232,6 +252,59 @@ def build_model(i: int, entry: ModelConfig, config: ServeConfig) -> Any:
         raise ConfigError(where, config.redact(msg)) from None
     except ImportError as exc:
         raise ConfigError(f"models[{i}].model", config.redact(str(exc))) from None
+
+
+def build_routed(i: int, entry: ModelConfig, config: ServeConfig) -> Any:
+    """The entry's model; with ``replicas``, a ``ChatRouter`` over it and its replicas."""
+    model = build_model(i, entry, config)
+    if not entry.replicas:
+        return model
+    deployments = [model]
+    for j, replica in enumerate(entry.replicas):
+        spec = entry.model_copy(update={"model": replica.model, "params": replica.params})
+        try:
+            deployments.append(build_model(i, spec, config))
+        except ConfigError as exc:  # name the replica, not the entry
+            field = exc.field.replace(f"models[{i}]", f"models[{i}].replicas[{j}]", 1)
+            raise ConfigError(field, exc.problem) from None
+    return _router(i, entry, deployments, [f"{entry.name}#{k}" for k in range(len(deployments))],
+                   entry.routing.strategy, entry.routing.weights)  # fmt: skip
+
+
+def with_fallbacks(i: int, entry: ModelConfig, built: dict[str, Any]) -> Any:
+    """The entry's model, followed in order by its ``fallbacks`` (their own models: a
+    fallback's fallbacks are not followed)."""
+    model = built[entry.name]
+    if not entry.fallbacks:
+        return model
+    models = [model, *(built[name] for name in entry.fallbacks)]
+    return _router(i, entry, models, [entry.name, *entry.fallbacks], "ordered", None)
+
+
+def _router(
+    i: int, entry: ModelConfig, models: list[Any], names: list[str], strategy: Any,
+    weights: list[float] | None,
+) -> Any:  # fmt: skip
+    from langchain_multillm.routing import ChatRouter
+
+    try:
+        return ChatRouter(
+            models=models, names=names, strategy=strategy, weights=weights,
+            failure_threshold=entry.routing.failure_threshold, cooldown_s=entry.routing.cooldown_s,
+        )  # fmt: skip
+    except InvalidInputError as exc:
+        raise ConfigError(f"models[{i}].routing", str(exc)) from None
+    except ValidationError as exc:
+        msg = str(exc.errors(include_url=False)[0]["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"models[{i}].routing", msg) from None
+
+
+def replica_states(model: Any) -> list[dict[str, Any]] | None:
+    """Each deployment's breaker and counts, for a routed model (else None)."""
+    state = getattr(model, "state", None)
+    if state is None or not callable(state):
+        return None
+    return [dataclasses.asdict(s) for s in state(nested=True)]
 
 
 # ------------------------------------------------------------------ streams
@@ -378,8 +451,9 @@ class Gateway:
         self.keys = [k.get_secret_value().encode() for k in config.server.api_keys]
         self.metrics = Metrics()
         self.models: dict[str, Served] = {}
+        built = {e.name: build_routed(i, e, config) for i, e in enumerate(config.models)}
         for i, entry in enumerate(config.models):
-            model = build_model(i, entry, config)
+            model = with_fallbacks(i, entry, built)
             self.models[entry.name] = self._served(entry, model)
         self.default_model = config.models[0].name
         self.cache: ResponseCache | None = None
@@ -828,11 +902,23 @@ class Gateway:
         for s, r in zip(chosen, reports, strict=True):
             entry = dataclasses.asdict(r)
             entry["detail"] = self.config.redact(str(entry["detail"]))
+            replicas = replica_states(s.model)
+            if replicas is not None:
+                for rep in replicas:
+                    rep["last_health"] = self.config.redact(str(rep["last_health"] or ""))
+                entry["replicas"] = replicas
             models[s.name] = entry
         status = 200 if ready else 503
         return json_response({"ready": ready, "models": models}, status)
 
     async def metrics_route(self, request: Request) -> Response:
+        for s in self.models.values():  # routed models: each deployment's state, now
+            for rep in replica_states(s.model) or ():
+                labels = (s.name, rep["name"])
+                self.metrics.replica_state.labels(*labels).set(BREAKER[rep["breaker"]])
+                self.metrics.replica_in_flight.labels(*labels).set(rep["in_flight"])
+                self.metrics.replica_calls.labels(*labels).set(rep["calls"])
+                self.metrics.replica_failures.labels(*labels).set(rep["failures"])
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def openapi_route(self, request: Request) -> Response:

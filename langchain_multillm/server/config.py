@@ -240,6 +240,17 @@ class ModelConfig(BaseModel):
     max_queue: int = Field(default=64, ge=0, le=1_000_000)
     """Calls waiting for a slot; past it: 429 with Retry-After."""
 
+    replicas: list[ReplicaConfig] = Field(default_factory=list)
+    """More deployments of the same model (``model`` + ``params`` each): with them the entry is
+    served by a ``ChatRouter`` over ``model`` and its replicas (docs/routing.md)."""
+
+    fallbacks: list[str] = Field(default_factory=list)
+    """Names of other chat entries tried, in order, when this one cannot take a call (none of
+    its replicas fits the prompt, or all failed or have open breakers)."""
+
+    routing: RoutingConfig = Field(default_factory=lambda: RoutingConfig())
+    """The router's settings, where ``replicas`` or ``fallbacks`` are given."""
+
     @model_validator(mode="after")
     def _spec(self) -> ModelConfig:
         from langchain_multillm.loader import COMPLETION_PROVIDERS, PROVIDERS
@@ -252,7 +263,48 @@ class ModelConfig(BaseModel):
                 f"model: must be 'provider:model' with provider one of "
                 f"{', '.join(sorted(table))} ({what} model)"
             )
+        if self.kind != "chat" and (self.replicas or self.fallbacks):
+            raise ValueError("replicas, fallbacks: only chat models are routed")
         return self
+
+
+class ReplicaConfig(BaseModel):
+    """One entry of a model's ``replicas:``: a ``load_chat_model`` spec and its params."""
+
+    model_config = _STRICT
+
+    model: str = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict, repr=False)
+
+    @model_validator(mode="after")
+    def _spec(self) -> ReplicaConfig:
+        from langchain_multillm.loader import PROVIDERS
+
+        provider, sep, _ = self.model.partition(":")
+        if not sep or provider not in PROVIDERS:
+            raise ValueError(
+                f"model: must be 'provider:model' with provider one of "
+                f"{', '.join(sorted(PROVIDERS))} (a chat model)"
+            )
+        return self
+
+
+class RoutingConfig(BaseModel):
+    """A routed model's ``routing:`` (``ChatRouter``'s settings)."""
+
+    model_config = _STRICT
+
+    strategy: Literal["least_busy", "round_robin", "weighted", "ordered"] = "least_busy"
+    """How the model and its replicas are chosen; fallbacks always come after, in order."""
+
+    weights: list[float] | None = None
+    """For ``weighted``: one per deployment (the model first, then the replicas)."""
+
+    failure_threshold: int = Field(default=3, ge=1, le=1000)
+    """Consecutive retryable failures that open a deployment's breaker."""
+
+    cooldown_s: float = Field(default=30.0, gt=0, le=86_400)
+    """Seconds an open breaker passes its deployment over before a health check."""
 
 
 _BROKER_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -436,6 +488,14 @@ class ServeConfig(BaseModel):
                     "names must be unique"
                 )
             seen[m.name] = i
+        for i, m in enumerate(self.models):
+            for j, name in enumerate(m.fallbacks):
+                k = seen.get(name)
+                if k is None or k == i or self.models[k].kind != "chat":
+                    raise ValueError(
+                        f"models[{i}].fallbacks[{j}]: {name!r} must be the name of another "
+                        "chat model of models"
+                    )
         check_bind(self.server.host, self.server.api_keys)
         return self
 
@@ -570,6 +630,8 @@ def _param_secrets(config: ServeConfig) -> set[str]:
 
     for m in config.models:
         walk(m.params)
+        for replica in m.replicas:
+            walk(replica.params)
     return out
 
 
