@@ -432,11 +432,13 @@ class _Ending(AsyncCallbackHandler):
 
     def __init__(self) -> None:
         self.info: dict[str, Any] | None = None
+        self.text = ""
 
     async def on_llm_end(self, response: LLMResult, **kwargs: Any) -> None:
         gens = response.generations
         if gens and gens[0]:
             self.info = dict(gens[0][0].generation_info or {})
+            self.text = gens[0][0].text
 
 
 # ------------------------------------------------------------------ the gateway
@@ -733,6 +735,10 @@ class Gateway:
             served = self.served(req.model, route, "completion")
             name = served.name
             call = to_completion_call(req)
+            cache = self.cache
+            cached = await cache.lookup(name, route, served.model, call) if cache else None
+            if cached is not None and cached.hit:
+                return self._cached_text(served, call, cached, started)
             try:
                 kwargs = await self.gate(served, call.prompt, call)
             except ContextWindowExceededError:
@@ -743,7 +749,7 @@ class Gateway:
         except Exception as exc:
             return self.error(exc, name, route, started, param=param)
         if stream and not self.settings.disable_streaming:
-            return await self._text_stream(served, call, kwargs, slot, started)
+            return await self._text_stream(served, call, kwargs, slot, started, cached)
         try:
             result = await served.model.agenerate([call.prompt], stop=call.stop, **kwargs)
         except Exception as exc:
@@ -754,6 +760,9 @@ class Gateway:
         info = gen.generation_info or {}
         self.tokens(name, info.get("usage"))
         self.count(name, route, 200, started)
+        if self.cache is not None:
+            await self.cache.store(cached, _text_record(gen.text, info))
+        headers = cached.headers if cached else {}
         if stream:  # disable_streaming: the whole answer as one chunk
             writer = TextChunkWriter(name)
             pieces = [sse(writer.chunk(gen.text, info.get("finish_reason")))]
@@ -761,8 +770,31 @@ class Gateway:
             if usage is not None and (call.include_usage or self.settings.force_include_usage):
                 pieces.append(sse(usage))
             pieces.append(DONE + trailer(call.data))
-            return Response(b"".join(pieces), media_type="text/event-stream", headers=SSE_HEADERS)
-        return json_response(text_completion_body(gen.text, info, model=name, data=call.data))
+            return Response(
+                b"".join(pieces), media_type="text/event-stream", headers={**SSE_HEADERS, **headers}
+            )
+        body = text_completion_body(gen.text, info, model=name, data=call.data)
+        return json_response(body, headers=headers or None)
+
+    def _cached_text(
+        self, served: Served, call: CompletionCall, cached: CacheLookup, started: float
+    ) -> Response:
+        """A completion from the response cache: as JSON, or replayed as a stream."""
+        assert cached.record is not None
+        text = str(cached.record.get("content") or "")
+        info = {k: cached.record.get(k) for k in ("finish_reason", "usage")}
+        self.count(served.name, "/v1/completions", 200, started)
+        if not (call.stream and not self.settings.output_guard):
+            body = text_completion_body(text, info, model=served.name, data=call.data)
+            return json_response(body, headers=cached.headers)
+        writer = TextChunkWriter(served.name)
+        pieces = [sse(writer.chunk(text)), sse(writer.chunk("", info["finish_reason"]))]
+        usage = writer.usage_chunk(info["usage"])
+        if usage is not None and (call.include_usage or self.settings.force_include_usage):
+            pieces.append(sse(usage))
+        pieces.append(DONE + trailer(call.data))
+        headers = {**SSE_HEADERS, **cached.headers}
+        return Response(b"".join(pieces), media_type="text/event-stream", headers=headers)
 
     async def _text_stream(
         self,
@@ -771,6 +803,7 @@ class Gateway:
         kwargs: dict[str, Any],
         slot: float,
         started: float,
+        cached: CacheLookup | None = None,
     ) -> Any:
         route = "/v1/completions"
         name = served.name
@@ -805,6 +838,8 @@ class Gateway:
                 yield sse(writer.chunk("", info.get("finish_reason")))
                 usage = writer.usage_chunk(info.get("usage"))
                 self.tokens(name, info.get("usage"))
+                if self.cache is not None:  # the stream ended whole
+                    await self.cache.store(cached, _text_record(ending.text, info))
                 if include_usage and usage is not None:
                     yield sse(usage)
                 yield DONE + trailer(call.data)
@@ -820,7 +855,7 @@ class Gateway:
             served.limiter.release(slot)
             self.count(name, route, state["status"], started)
 
-        return SSEResponse(body(), close)
+        return SSEResponse(body(), close, cached.headers if cached else None)
 
     async def list_models(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -957,6 +992,11 @@ class Gateway:
             if close is not None:
                 with contextlib.suppress(Exception):
                     await close()
+
+
+def _text_record(text: str, info: dict[str, Any]) -> dict[str, Any]:
+    """What the response cache stores of a completion."""
+    return {"content": text, "finish_reason": info.get("finish_reason"), "usage": info.get("usage")}
 
 
 class ExactCountUnavailableError(NotImplementedError):

@@ -43,6 +43,12 @@ def _models(upstream: str) -> list[dict[str, Any]]:
         {"name": "dsc", "model": "deepseek:deepseek-chat", "params": common},
         # the embedded SmolLM2, no temperature set: cached with a seed
         {"name": "local", "model": "llamacpp:", "params": {"n_threads": 2}},
+        {
+            "name": "local-text",
+            "model": "llamacpp:",
+            "kind": "completion",
+            "params": {"n_threads": 2},
+        },
     ]
 
 
@@ -291,6 +297,43 @@ def test_a_seed_makes_a_sampled_request_cacheable(gw: httpx.Client) -> None:
     assert post(gw, **sampled, seed=4).headers[HEADER] == "miss"
     assert post(gw, **{**sampled, "temperature": 0.7}, seed=3).headers[HEADER] == "miss"
     assert tokens_out(gw, "local") > spent
+
+
+def test_completions_are_cached_and_replayed_as_streams(gw: httpx.Client) -> None:
+    body = {"model": "local-text", "prompt": "The sky is ", "temperature": 0, "max_tokens": 16}
+    body["stop"] = STOP
+    first = gw.post("/v1/completions", json=body)
+    assert first.status_code == 200, first.text
+    assert first.headers[HEADER] == "miss"
+    assert first.json()["choices"][0]["finish_reason"] == "stop"
+    spent = tokens_out(gw, "local-text")
+    again = gw.post("/v1/completions", json=body)
+    assert again.headers[HEADER] == "hit"
+    assert again.json()["choices"] == first.json()["choices"]
+    assert again.json()["usage"] == first.json()["usage"]
+    assert again.json()["object"] == "text_completion"
+    events: list[Any] = []
+    streamed = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    with gw.stream("POST", "/v1/completions", json=streamed) as r:
+        assert r.headers[HEADER] == "hit"  # the unstreamed answer's entry
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                data = line[len("data: ") :]
+                events.append(data if data == "[DONE]" else json.loads(data))
+    assert events[-1] == "[DONE]"
+    text = "".join(e["choices"][0]["text"] for e in events[:-1] if e["choices"])
+    assert text == first.json()["choices"][0]["text"]
+    assert usage_of(events) == first.json()["usage"]
+    assert tokens_out(gw, "local-text") == spent  # the model was not called
+    # a stream stores too: another prompt streamed, then asked again
+    other = {**streamed, "prompt": "Grass is "}
+    with gw.stream("POST", "/v1/completions", json=other) as r:
+        assert r.headers[HEADER] == "miss"
+        live = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert live[-1] == "data: [DONE]"
+    hit = gw.post("/v1/completions", json={**other, "stream": False})
+    assert hit.headers[HEADER] == "hit"
+    assert gw.post("/v1/completions", json={**body, "max_tokens": 15}).headers[HEADER] == "miss"
 
 
 def test_tools_and_tool_choice_are_part_of_the_key(
