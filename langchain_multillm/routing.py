@@ -797,6 +797,9 @@ class ChatRouter(BaseChatModel):
                     t.cancel(c)
                     misfit[c.index] = exc
                     continue
+                except asyncio.CancelledError:
+                    t.cancel(c)
+                    raise
                 except Exception as exc:
                     if not _retryable(exc):
                         t.cancel(c)

@@ -462,3 +462,24 @@ def test_a_router_of_routers_routes_by_fit_and_shows_nested_state() -> None:
     assert names == ["main", "main/a", "main/b", "big"]
     assert router.check_fit("hi").context_window == 100
     assert router.health().ready
+
+
+class Slow(Fake):
+    async def _achat(self, req: ChatRequest) -> ChatResult:
+        await asyncio.sleep(30)
+        return self._chat(req)
+
+
+async def test_a_cancelled_call_gives_its_slot_back() -> None:
+    router = ChatRouter(models=[Slow(model_name="slow")], names=["slow"])
+    task = asyncio.create_task(router.ainvoke("hi"))
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if by_name(router)["slow"].in_flight == 1:
+            break
+    assert by_name(router)["slow"].in_flight == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    state = by_name(router)["slow"]
+    assert state.in_flight == 0 and state.consecutive_failures == 0 and state.breaker == "closed"
