@@ -37,7 +37,7 @@ pytestmark = [pytest.mark.llamacpp, pytest.mark.peer, pytest.mark.timeout(900)]
 NO_EOS = {"0": -100, "2": -100}
 THRESHOLD = 2
 COOLDOWN_S = 8.0
-INVOKES = 64
+INVOKES = 192  # + STREAMS: 200 in flight
 STREAMS = 8
 
 

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.timeout(900)
 
 THRESHOLD = 2
 COOLDOWN_S = 6.0
-INVOKES = 40
+INVOKES = 194  # + STREAMS: 200 in flight
 STREAMS = 6
 A = "smollm2/smollm2#0"  # the first replica's name in /ready and /metrics
 
@@ -75,8 +75,8 @@ def routed(
                         "failure_threshold": THRESHOLD,
                         "cooldown_s": COOLDOWN_S,
                     },
-                    "max_concurrency": 64,
-                    "max_queue": 512,
+                    "max_concurrency": 256,
+                    "max_queue": 1024,
                 },
                 embedded("local", params={"n_threads": 1}),
             ],
