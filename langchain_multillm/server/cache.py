@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 
+from langchain_multillm.server.openai_wire import content_text
+
 if TYPE_CHECKING:
     from langchain_multillm.server.config import CacheSettings, ModelConfig
     from langchain_multillm.server.openai_wire import ChatCall, CompletionCall
@@ -67,18 +69,6 @@ def _canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=repr).encode()
 
 
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    parts = []
-    for block in content or []:
-        if isinstance(block, str):
-            parts.append(block)
-        elif isinstance(block, dict) and block.get("type") == "text":
-            parts.append(str(block.get("text", "")))
-    return "".join(parts)
-
-
 def _usage(usage: Any) -> dict[str, Any] | None:
     return json.loads(json.dumps(dict(usage), default=str)) if usage else None
 
@@ -86,7 +76,7 @@ def _usage(usage: Any) -> dict[str, Any] | None:
 def chat_record(message: AIMessage) -> dict[str, Any]:
     """What is stored of a chat answer: its text, reasoning, tool calls, finish reason, usage."""
     return {
-        "content": _text(message.content),
+        "content": content_text(message.content),
         "reasoning": message.additional_kwargs.get("reasoning_content") or None,
         "tool_calls": [dict(tc) for tc in message.tool_calls],
         "invalid_tool_calls": [dict(tc) for tc in message.invalid_tool_calls],
@@ -153,7 +143,7 @@ class _Tap:
     usage: Any = None
 
     def add(self, chunk: AIMessageChunk) -> None:
-        self.text.append(_text(chunk.content))
+        self.text.append(content_text(chunk.content))
         reasoning = chunk.additional_kwargs.get("reasoning_content")
         if isinstance(reasoning, str):
             self.reasoning.append(reasoning)

@@ -635,6 +635,13 @@ def _param_secrets(config: ServeConfig) -> set[str]:
     return out
 
 
+def yaml_problem(exc: Exception) -> str:
+    """What a YAML parser's error says, and where (``... at line L, column C``)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return f"{getattr(exc, 'problem', None) or 'not valid YAML'}{where}"
+
+
 def load_config(
     path: str | os.PathLike[str], environ: Mapping[str, str] | None = None
 ) -> ServeConfig:
@@ -649,10 +656,7 @@ def load_config(
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise ConfigError("--config", f"{p.name}{where}: {problem}") from None
+        raise ConfigError("--config", f"{p.name}: {yaml_problem(exc)}") from None
     secrets: set[str] = set()
     data = interpolate(raw, environ, secrets=secrets)
     config = _validate(data, secrets)

@@ -523,7 +523,8 @@ def usage_json(usage: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return out
 
 
-def _text(content: Any) -> str:
+def content_text(content: Any) -> str:
+    """The text of a message content (a string, or its text parts joined)."""
     if isinstance(content, str):
         return content
     parts = []
@@ -538,7 +539,7 @@ def _text(content: Any) -> str:
 def assistant_json(message: AIMessage) -> dict[str, Any]:
     """An answer as OpenAI's assistant message (tool calls through ``to_openai_messages``)."""
     out = to_openai_messages([message])[0]
-    text = _text(message.content)
+    text = content_text(message.content)
     out["content"] = text if text or not out.get("tool_calls") else None
     reasoning = message.additional_kwargs.get("reasoning_content")
     if reasoning:
@@ -636,7 +637,7 @@ class ChunkWriter:
         delta: dict[str, Any] = {}
         if not self.started:
             delta["role"] = "assistant"
-        text = _text(chunk.content)
+        text = content_text(chunk.content)
         if text:
             delta["content"] = text
             self.output_chars += len(text)

@@ -29,6 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from langchain_multillm.errors import InvalidInputError
+from langchain_multillm.server.config import yaml_problem
 
 __all__ = [
     "FlavorSpec",
@@ -148,10 +149,7 @@ def parse_service_file(path: Path) -> dict[str, ServiceSpec]:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise ServiceFileError(path.name, f"{problem}{where}") from None
+        raise ServiceFileError(path.name, yaml_problem(exc)) from None
     if not isinstance(raw, dict) or not raw:
         raise ServiceFileError(path.name, "must be a mapping of route: service")
     out: dict[str, ServiceSpec] = {}
