@@ -667,3 +667,55 @@ def test_results_expire(
     finally:
         r.close()
         peers.stop(worker.proc)
+
+
+@pytest.mark.timeout(180)
+def test_hot_reload_reaches_every_gateway_worker_and_job_worker(
+    cluster: Cluster, upstream: Upstream
+) -> None:
+    """A service file added, then removed, takes effect within 2 s in each process: the two
+    uvicorn workers of a second gateway (``server.workers: 2``, fresh connections so both
+    answer) and the Celery workers' pool processes (jobs on the new service complete)."""
+    root = cluster.path.parent
+    config = {**cluster.config, "server": {"workers": 2}}
+    gw = start_gateway(config, root / "serve-2-workers.yaml", name="jobs-gateway-2-workers")
+    service = root / "services" / "echo2.yaml"
+    try:
+
+        def routes() -> list[set[str]]:
+            seen = []
+            for _ in range(20):  # a new connection each time: either worker may take it
+                with httpx.Client(base_url=gw.url, timeout=30) as c:
+                    r = c.get("/services")
+                    assert r.status_code == 200, r.text
+                    seen.append({s.get("route") for s in r.json()})
+            return seen
+
+        assert all("echo2" not in s for s in routes())
+        (root / "prompts" / "echo2.txt").write_text("Answer briefly: {}\n")
+        service.write_text((root / "services" / "echo.yaml").read_text().replace("echo", "echo2"))
+        time.sleep(2.0)
+        assert all("echo2" in s for s in routes())
+        upstream.reset()
+        with httpx.Client(base_url=gw.url, timeout=30) as c:
+            ids = []
+            for i in range(8):  # more jobs than pool processes (2 workers x 2)
+                r = c.post(
+                    "/services/echo2/generate",
+                    json={"content": f"reload tag=r{i}", "flavor": "up"},
+                )
+                assert r.status_code == 200, r.text
+                ids.append(str(r.json()["jobId"]))
+            finals = [wait_final(c, j) for j in ids]
+        assert [f["status"] for f in finals] == ["complete"] * 8, finals
+        assert all(upstream.calls[f"r{i}"] == 1 for i in range(8)), dict(upstream.calls)
+
+        service.unlink()
+        time.sleep(2.0)
+        assert all("echo2" not in s for s in routes())
+        with httpx.Client(base_url=gw.url, timeout=30) as c:
+            r = c.post("/services/echo2/generate", json={"content": "x", "flavor": "up"})
+        assert r.status_code == 404, r.text
+    finally:
+        service.unlink(missing_ok=True)
+        peers.stop(gw.proc)
