@@ -240,7 +240,7 @@ def test_the_replaced_microservice_variables() -> None:
     ("env", "field"),
     [
         ({"LLM_MODEL_SERVER": "ray"}, "LLM_MODEL_SERVER"),
-        ({"LLM_MODEL_SERVER_ENDPOINT": "http://x:1"}, "LLM_MODEL_SERVER"),
+        ({"LLM_MODEL_SERVER_ENDPOINT": "http://x.invalid:1"}, "LLM_MODEL_SERVER"),
         ({"LLM_DISABLE_STREAMING": "maybe"}, "LLM_DISABLE_STREAMING"),
         ({"LLM_USVC_PORT": "nine"}, "LLM_USVC_PORT"),
     ],

@@ -139,6 +139,6 @@ def test_a_context_overflow_carries_the_fit_reports_numbers() -> None:
 
 
 def test_messages_are_redacted() -> None:
-    exc = errors.BackendUnavailableError("could not connect to http://u:hunter2@host")
+    exc = errors.BackendUnavailableError("could not connect to http://u:hunter2@host.invalid")
     body = he.error_body(exc, redact=lambda t: t.replace("hunter2", "***"))[1]
     assert "hunter2" not in body["error"]["message"]

@@ -412,7 +412,7 @@ def test_worker_without_jobs_section_exits_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli.app, ["worker", "--config", str(path)])
     assert result.exit_code == 2
     assert "jobs: is required to run a worker" in result.stderr
-    path.write_text("models: [{name: m, model: 'llamacpp:'}]\njobs: {broker: 'http://x'}\n")
+    path.write_text("models: [{name: m, model: 'llamacpp:'}]\njobs: {broker: 'http://x.invalid'}\n")
     result = CliRunner().invoke(cli.app, ["worker", "--config", str(path)])
     assert result.exit_code == 2 and "jobs.broker: must be a Redis URL" in result.stderr
 
