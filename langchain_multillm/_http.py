@@ -20,7 +20,8 @@ import threading
 import time
 import warnings
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, ClassVar, final
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, final
 from urllib.parse import urlparse, urlsplit
 
 import httpx
@@ -31,12 +32,23 @@ from langchain_multillm.errors import (
     InvalidInputError,
     MultiLLMError,
     MultiLLMWarning,
+    PermissionDeniedError,
     aiohttp_errors,
     from_aiohttp_error,
     from_httpx_error,
     from_response,
     malformed_body,
     redact,
+)
+from langchain_multillm.fit import Limits
+from langchain_multillm.health import (
+    HealthReport,
+    answered,
+    describe,
+    down,
+    not_ready,
+    probe_failed,
+    unhealthy,
 )
 
 if TYPE_CHECKING:
@@ -47,6 +59,9 @@ if TYPE_CHECKING:
 __all__ = [
     "ClientCredentials",
     "HTTPConnection",
+    "HealthProbe",
+    "LimitsProbe",
+    "Route",
     "aclose_sessions",
     "check_url",
     "server_root",
@@ -440,6 +455,133 @@ def _as_httpx(
     return httpx.Response(resp.status, headers=headers, content=content, request=request)
 
 
+# ------------------------------------------------------------------ probes, as data
+
+# A probe's reader: (the model, the route's JSON body) -> what it reads. Readers are plain
+# functions, so the same probe runs on the sync and on the async client.
+Reader = Callable[[Any, Any], Any]
+
+
+@dataclass(frozen=True)
+class Route:
+    """A ``GET`` of a server: ``path`` under its root (``base="root"``: ``server_root`` of the
+    ``base_url``, where ``/health`` and ``/info`` live) or under its API URL (``base="api"``:
+    the ``base_url`` itself, e.g. ``.../v1`` + ``/models``). ``label`` names it in health
+    details (default: the path)."""
+
+    path: str
+    base: Literal["root", "api"] = "root"
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.label or self.path
+
+
+@dataclass(frozen=True)
+class HealthProbe:
+    """A server's free health check, as data: :class:`HTTPConnection` runs it with its sync and
+    its async client (``_health`` / ``_ahealth``), ``health_timeout`` shared by its requests.
+
+    * ``status`` (optional): a route judged by its status alone (``/health``): no answer or a
+      5xx is down; another 4xx is alive, not ready; with ``status_optional`` a 404 means the
+      server has no such route, and ``models`` alone decides.
+    * ``models``: the JSON route that says what is served. ``served(model, body)`` reads the
+      served model ids (a list), or the one id of a server that serves one model (a str: the
+      report then names it); ``window(model, body)`` the context window (None: the model's own
+      ``context_window``). The configured ``model_name`` must be served (``any_model``: a name
+      that matches whatever is).
+    * Wording (the details users read): ``not_served`` (``{model}``, ``{served}``);
+      ``refused_key``: the detail of a refused key (401/403) on ``models`` with no status
+      route to go by (None: like any other failure); ``status_refused`` (``{answered}``) for
+      a 4xx of ``status``; ``models_failed`` (``{status}``, ``{state}``: "ok" or its answer,
+      ``{code}``, ``{models}``, ``{error}``) when ``status`` answered and ``models`` failed.
+    """
+
+    models: Route
+    served: Reader
+    window: Reader | None = None
+    status: Route | None = None
+    status_optional: bool = False
+    any_model: str | None = None
+    not_served: str = "{model!r} is not served; the server has {served!r}"
+    refused_key: str | None = None
+    status_refused: str = "{answered}"
+    models_failed: str = "{status} {state}; {models} failed: {error}"
+
+    @property
+    def requests(self) -> int:
+        return 2 if self.status is not None else 1
+
+    def judge(
+        self,
+        model: Any,
+        started: float,
+        status: httpx.Response | Exception | None,
+        body: Any,
+    ) -> HealthReport:
+        """The report from the answers (``status``: the status route's response or error,
+        None where there is none; ``body``: the models route's JSON or error)."""
+        name = model.model_name
+        no_route = False
+        route = self.status.name if self.status is not None else ""
+        if self.status is not None:
+            if isinstance(status, Exception):
+                return down(started, name, f"{route} failed: {describe(status)}")
+            assert status is not None
+            if unhealthy(status.status_code):
+                return down(started, name, answered(route, status))
+            no_route = self.status_optional and status.status_code == 404
+        if isinstance(body, Exception):
+            what = f"{self.models.name} failed"
+            if self.status is None or no_route:
+                if self.refused_key and isinstance(
+                    body, (AuthenticationError, PermissionDeniedError)
+                ):
+                    return not_ready(started, name, f"{self.refused_key}: {describe(body)}")
+                return probe_failed(started, name, what, body)
+            assert isinstance(status, httpx.Response)
+            state = "ok" if status.status_code < 400 else answered(route, status)
+            detail = self.models_failed.format(
+                status=route,
+                state=state,
+                code=status.status_code,
+                models=self.models.name,
+                error=describe(body),
+            )
+            return not_ready(started, name, detail)
+        window = (self.window(model, body) if self.window else None) or model.context_window
+        served = self.served(model, body)
+        shown = served if isinstance(served, str) and served else name
+        if isinstance(status, httpx.Response) and status.status_code >= 400 and not no_route:
+            refused = self.status_refused.format(answered=answered(route, status))
+            return not_ready(started, shown, refused, window)
+        ids = [served] if isinstance(served, str) or served is None else list(served)
+        if name != self.any_model and name not in ids:
+            return not_ready(
+                started, shown, self.not_served.format(model=name, served=served), window
+            )
+        return HealthReport(
+            alive=True,
+            ready=True,
+            latency_s=time.perf_counter() - started,
+            model=shown,
+            context_window=window,
+            detail=f"serving {shown}",
+        )
+
+
+@dataclass(frozen=True)
+class LimitsProbe:
+    """Where a server reports its limits, as data: ``read(model, body)`` turns the route's JSON
+    into :class:`~langchain_multillm.fit.Limits` (a body of the wrong shape:
+    ``malformed_body``). :class:`HTTPConnection` fetches it with either client (then runs the
+    backend's ``_measure_template`` / ``_ameasure_template``)."""
+
+    route: Route
+    read: Reader
+
+
 EventParser = Callable[..., Iterator[dict[str, Any]]]
 AsyncEventParser = Callable[..., AsyncIterator[dict[str, Any]]]
 
@@ -472,14 +614,94 @@ class HTTPConnection(BaseModel):
     """An httpx client to use for async calls (by default they go through aiohttp)."""
 
     _backend: ClassVar[str] = "http"
+    _health_probe: ClassVar[HealthProbe | None] = None
+    """The free health check as data (fills ``_health`` / ``_ahealth``)."""
+    _limits_probe: ClassVar[LimitsProbe | None] = None
+    """Where the server reports its limits, as data (fills ``_fetch_limits`` /
+    ``_afetch_limits``); None: unknown, unless the backend writes them."""
     _sync: httpx.Client | None = PrivateAttr(default=None)
     if TYPE_CHECKING:
         # Fields of the model this connection is combined with (``ModelSurface`` and
-        # ``_Sampling`` in ``_base``), declared for the type checker only: a pydantic field
-        # here would replace theirs.
+        # ``_Sampling`` in ``_base``, the backend's ``base_url``), declared for the type
+        # checker only: a pydantic field here would replace theirs.
         model_name: str
         context_window: int | None
         health_timeout: float
+        base_url: str | None
+
+    # ---- probes (data: ``_health_probe``, ``_limits_probe``) ----
+    @final
+    def _route_url(self, route: Route) -> str:
+        base = self.base_url
+        assert base, "a probed server needs its base_url"
+        return (server_root(base) if route.base == "root" else base) + route.path
+
+    def _declared_probe(self) -> HealthProbe:
+        probe = self._health_probe
+        if probe is None:
+            raise NotImplementedError(
+                f"{type(self).__name__} declares no _health_probe and writes no _health"
+            )
+        return probe
+
+    def _health(self) -> HealthReport:
+        """The declared :class:`HealthProbe`, on the sync client."""
+        probe = self._declared_probe()
+        started = time.perf_counter()
+        t = self.health_timeout / probe.requests
+        status: httpx.Response | Exception | None = None
+        if probe.status is not None:
+            try:
+                status = self._get(self._route_url(probe.status), timeout=t)
+            except Exception as exc:
+                status = exc
+        try:
+            body: Any = self._get_json(self._route_url(probe.models), timeout=t)
+        except Exception as exc:
+            body = exc
+        return probe.judge(self, started, status, body)
+
+    async def _ahealth(self) -> HealthReport:
+        """The declared :class:`HealthProbe`, on the async client."""
+        probe = self._declared_probe()
+        started = time.perf_counter()
+        t = self.health_timeout / probe.requests
+        status: httpx.Response | Exception | None = None
+        if probe.status is not None:
+            try:
+                status = await self._aget(self._route_url(probe.status), timeout=t)
+            except Exception as exc:
+                status = exc
+        try:
+            body: Any = await self._aget_json(self._route_url(probe.models), timeout=t)
+        except Exception as exc:
+            body = exc
+        return probe.judge(self, started, status, body)
+
+    def _fetch_limits(self) -> Limits:
+        """The declared :class:`LimitsProbe`, on the sync client (none: unknown)."""
+        probe = self._limits_probe
+        if probe is None:
+            return Limits()
+        limits: Limits = probe.read(self, self._get_json(self._route_url(probe.route)))
+        self._measure_template()
+        return limits
+
+    async def _afetch_limits(self) -> Limits:
+        """The declared :class:`LimitsProbe`, on the async client."""
+        probe = self._limits_probe
+        if probe is None:
+            return Limits()
+        limits: Limits = probe.read(self, await self._aget_json(self._route_url(probe.route)))
+        await self._ameasure_template()
+        return limits
+
+    def _measure_template(self) -> None:
+        """After the limits: measure what the chat template adds (counts on the server), for
+        the cheap bound (``fit.TemplateBound``); by default nothing."""
+
+    async def _ameasure_template(self) -> None:
+        """Async twin of :meth:`_measure_template`."""
 
     # ---- clients ----
     def _headers(self) -> dict[str, str]:

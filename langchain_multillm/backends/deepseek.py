@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,16 +24,10 @@ from langchain_core.utils import from_env, secret_from_env
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from langchain_multillm._base import Prompt
-from langchain_multillm._http import check_url
+from langchain_multillm._http import HealthProbe, Route, check_url
 from langchain_multillm._openai import OpenAIChatOverHTTP, StructuredMethod
-from langchain_multillm.errors import (
-    AuthenticationError,
-    InvalidInputError,
-    MultiLLMError,
-    PermissionDeniedError,
-)
+from langchain_multillm.errors import InvalidInputError
 from langchain_multillm.fit import ROLE_OF, Limits, chat_bound, text_of
-from langchain_multillm.health import HealthReport, describe, not_ready, probe_failed
 
 __all__ = ["ChatDeepSeek"]
 
@@ -137,6 +130,16 @@ class ChatDeepSeek(OpenAIChatOverHTTP):
 
     _backend: ClassVar[str] = BACKEND
     _call_params = CALL_PARAMS
+    # Health: GET /models (authenticated, free). A refusal (the key, a rate limit) is alive, not
+    # ready; no answer, or a 5xx (503 overloaded), is down.
+    _health_probe = HealthProbe(
+        models=Route("/models", base="api", label="GET /models"),
+        served=lambda model, body: (
+            [m.get("id") for m in body.get("data", [])] if isinstance(body, dict) else []
+        ),
+        not_served="{model!r} is not offered; the API has {served}",
+        refused_key="the API refused the key",
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -217,41 +220,3 @@ class ChatDeepSeek(OpenAIChatOverHTTP):
 
     def _static_limits(self) -> Limits | None:
         return MODEL_LIMITS.get(self.model_name)
-
-    # ---- health: GET /models ----
-    def _judge(self, started: float, body: Any) -> HealthReport:
-        served = [m.get("id") for m in body.get("data", [])] if isinstance(body, dict) else []
-        ready = self.model_name in served
-        return HealthReport(
-            alive=True,
-            ready=ready,
-            latency_s=time.perf_counter() - started,
-            model=self.model_name,
-            context_window=self.get_limits().context_window,
-            detail=f"serving {self.model_name}"
-            if ready
-            else f"{self.model_name!r} is not offered; the API has {served}",
-        )
-
-    def _refused(self, started: float, exc: MultiLLMError) -> HealthReport:
-        """``GET /models`` failed: a refusal (the key, a rate limit) is alive, not ready; no
-        answer, or a 5xx (503 overloaded), is down."""
-        if isinstance(exc, (AuthenticationError, PermissionDeniedError)):
-            return not_ready(started, self.model_name, f"the API refused the key: {describe(exc)}")
-        return probe_failed(started, self.model_name, "GET /models failed", exc)
-
-    def _health(self) -> HealthReport:
-        started = time.perf_counter()
-        try:
-            body = self._get_json(f"{self.base_url}/models", timeout=self.health_timeout)
-        except MultiLLMError as exc:
-            return self._refused(started, exc)
-        return self._judge(started, body)
-
-    async def _ahealth(self) -> HealthReport:
-        started = time.perf_counter()
-        try:
-            body = await self._aget_json(f"{self.base_url}/models", timeout=self.health_timeout)
-        except MultiLLMError as exc:
-            return self._refused(started, exc)
-        return self._judge(started, body)

@@ -14,11 +14,9 @@ from ``/tokenize`` (text) and ``/chat_tokenize`` (messages through the chat temp
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, ClassVar
 
-import httpx
 from langchain_core.outputs import Generation, GenerationChunk
 from langchain_core.utils import from_env, secret_from_env
 from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, field_validator, model_validator
@@ -29,7 +27,14 @@ from langchain_multillm._base import (
     MultiLLMCompletionModel,
     Prompt,
 )
-from langchain_multillm._http import HTTPConnection, check_url, server_root
+from langchain_multillm._http import (
+    HealthProbe,
+    HTTPConnection,
+    LimitsProbe,
+    Route,
+    check_url,
+    server_root,
+)
 from langchain_multillm._openai import (
     OpenAIChatOverHTTP,
     aiter_sse,
@@ -43,14 +48,6 @@ from langchain_multillm.errors import (
     malformed_body,
 )
 from langchain_multillm.fit import Limits, TemplateBound, chat_bound
-from langchain_multillm.health import (
-    HealthReport,
-    answered,
-    describe,
-    down,
-    not_ready,
-    unhealthy,
-)
 
 __all__ = ["TGI", "ChatTGI"]
 
@@ -81,6 +78,24 @@ CHAT_PARAMS = frozenset(
 GENERATE_PARAMS = frozenset({"seed", "grammar", *GENERATE_ONLY})
 
 
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) else None
+
+
+def _limits_from_info(model: _TGIConnection, info: Any) -> Limits:
+    """``/info``: ``max_total_tokens`` is the window, ``max_input_tokens`` the input limit;
+    the body is kept (``max_stop_sequences``)."""
+    try:
+        limits = Limits(
+            context_window=int(info["max_total_tokens"]),
+            max_input_tokens=int(info["max_input_tokens"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        raise malformed_body("/info has no token limits", body=info, backend=BACKEND) from None
+    model._info = info
+    return limits
+
+
 class _TGIConnection(HTTPConnection):
     """Connection settings and TGI's own routes, shared by the chat and completion classes."""
 
@@ -106,6 +121,18 @@ class _TGIConnection(HTTPConnection):
     """Seed for sampling, for repeatable outputs."""
 
     _backend: ClassVar[str] = BACKEND
+    # /health says whether the server can answer (503 "unhealthy": down); /info whether it
+    # serves the configured model, and its limits.
+    _health_probe = HealthProbe(
+        status=Route("/health"),
+        models=Route("/info"),
+        served=lambda model, info: info.get("model_id"),
+        window=lambda model, info: _int_or_none(info.get("max_total_tokens")),
+        any_model=ANY_MODEL,
+        status_refused="{answered} (not ready)",
+        models_failed="{status} answered {code}; {models} failed: {error}",
+    )
+    _limits_probe = LimitsProbe(Route("/info"), read=_limits_from_info)
     _info: dict[str, Any] | None = PrivateAttr(default=None)
     _bound: TemplateBound | None = PrivateAttr(default=None)
 
@@ -129,27 +156,12 @@ class _TGIConnection(HTTPConnection):
         assert self.base_url
         return self.base_url
 
-    # ---- /info: limits ----
-    def _limits_from_info(self, info: Any) -> Limits:
-        try:
-            limits = Limits(
-                context_window=int(info["max_total_tokens"]),
-                max_input_tokens=int(info["max_input_tokens"]),
-            )
-        except (KeyError, TypeError, ValueError):
-            raise malformed_body("/info has no token limits", body=info, backend=BACKEND) from None
-        self._info = info
-        return limits
-
-    def _fetch_limits(self) -> Limits:
-        limits = self._limits_from_info(self._get_json(f"{self._root}/info"))
+    # ---- /info: limits (``_limits_probe``) ----
+    def _measure_template(self) -> None:
         self._bound = TemplateBound.measure(self._count_probe)
-        return limits
 
-    async def _afetch_limits(self) -> Limits:
-        limits = self._limits_from_info(await self._aget_json(f"{self._root}/info"))
+    async def _ameasure_template(self) -> None:
         self._bound = await TemplateBound.ameasure(self._acount_probe)
-        return limits
 
     def _check_stop(self, params: dict[str, Any]) -> None:
         """No more stop sequences than ``/info``'s ``max_stop_sequences`` (limits known)."""
@@ -206,69 +218,6 @@ class _TGIConnection(HTTPConnection):
         if self._info is None:
             return None  # limits not fetched yet: the template is not measured
         return chat_bound(prompt, self._bound)
-
-    # ---- health: /health and /info ----
-    def _judge(self, started: float, health: httpx.Response | Exception, info: Any) -> HealthReport:
-        """``/health`` says whether the server can answer (503 "unhealthy": down); ``/info``
-        whether it serves the configured model."""
-        model = self.model_name
-        if isinstance(health, Exception):
-            return down(started, model, f"/health failed: {describe(health)}")
-        if unhealthy(health.status_code):
-            return down(started, model, answered("/health", health))
-        if isinstance(info, Exception):
-            return not_ready(
-                started,
-                model,
-                f"/health answered {health.status_code}; /info failed: {describe(info)}",
-            )
-        latency = time.perf_counter() - started
-        served = info.get("model_id")
-        window = info.get("max_total_tokens")
-        if health.status_code >= 400:
-            detail, ready = f"{answered('/health', health)} (not ready)", False
-        elif model not in (ANY_MODEL, served):
-            detail, ready = f"{model!r} is not served; the server has {served!r}", False
-        else:
-            detail, ready = f"serving {served}", True
-        return HealthReport(
-            alive=True,
-            ready=ready,
-            latency_s=latency,
-            model=served or model,
-            context_window=window if isinstance(window, int) else None,
-            detail=detail,
-        )
-
-    def _health(self) -> HealthReport:
-        started = time.perf_counter()
-        t = self.health_timeout / 2
-        health: httpx.Response | Exception
-        info: Any
-        try:
-            health = self._get(f"{self._root}/health", timeout=t)
-        except Exception as exc:
-            health = exc
-        try:
-            info = self._get_json(f"{self._root}/info", timeout=t)
-        except Exception as exc:
-            info = exc
-        return self._judge(started, health, info)
-
-    async def _ahealth(self) -> HealthReport:
-        started = time.perf_counter()
-        t = self.health_timeout / 2
-        health: httpx.Response | Exception
-        info: Any
-        try:
-            health = await self._aget(f"{self._root}/health", timeout=t)
-        except Exception as exc:
-            health = exc
-        try:
-            info = await self._aget_json(f"{self._root}/info", timeout=t)
-        except Exception as exc:
-            info = exc
-        return self._judge(started, health, info)
 
 
 # ------------------------------------------------------------------ TGI's Messages API

@@ -9,7 +9,6 @@ OpenAI API lacks: the context window from ``/v1/models`` (``max_model_len``), ex
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, ClassVar
 
@@ -33,7 +32,10 @@ from langchain_multillm._base import (
 )
 from langchain_multillm._http import (
     ClientCredentials,
+    HealthProbe,
     HTTPConnection,
+    LimitsProbe,
+    Route,
     check_url,
     server_root,
     warn_insecure,
@@ -54,15 +56,6 @@ from langchain_multillm.errors import (
     malformed_body,
 )
 from langchain_multillm.fit import Limits, TemplateBound, chat_bound
-from langchain_multillm.health import (
-    HealthReport,
-    answered,
-    describe,
-    down,
-    not_ready,
-    probe_failed,
-    unhealthy,
-)
 
 __all__ = ["ChatVLLMServer", "VLLMServer"]
 
@@ -155,6 +148,18 @@ def _base_url_from_env() -> str | None:
     return with_api_path(endpoint, "/v1") if endpoint else None
 
 
+def _limits_from_models(model: _ServerConnection, body: Any) -> Limits:
+    """``GET /models``: the configured model's card gives the window (``max_model_len``)."""
+    try:
+        cards = body["data"]
+    except (KeyError, TypeError):
+        raise malformed_body("GET /models has no data list", body=body, backend=BACKEND) from None
+    for card in cards:
+        if card.get("id") == model.model_name and card.get("max_model_len"):
+            return Limits(context_window=int(card["max_model_len"]))
+    return Limits()
+
+
 class _ServerConnection(HTTPConnection):
     """Connection settings and vLLM's extra routes, shared by the chat and completion classes."""
 
@@ -212,6 +217,17 @@ class _ServerConnection(HTTPConnection):
     """Other fields for the request body (for example vLLM's ``structured_outputs``)."""
 
     _backend: ClassVar[str] = BACKEND
+    # /health says whether the server can answer (a 5xx, or no answer: down); /models whether
+    # it serves the configured model, and its window. A server without a health route (404:
+    # llama.cpp's server and others) is judged by /models alone.
+    _health_probe = HealthProbe(
+        status=Route("/health"),
+        status_optional=True,
+        models=Route("/models", base="api"),
+        served=lambda model, body: [c.get("id") for c in body.get("data", [])],
+        window=lambda model, body: _limits_from_models(model, body).context_window,
+    )
+    _limits_probe = LimitsProbe(Route("/models", base="api"), read=_limits_from_models)
     _auth: httpx.Auth | None = PrivateAttr(default=None)
     _bound: TemplateBound | None = PrivateAttr(default=None)
     _tokenize: bool | None = PrivateAttr(default=None)
@@ -263,33 +279,14 @@ class _ServerConnection(HTTPConnection):
             )
         return self._auth
 
-    # ---- discovery ----
-    def _limits_from_models(self, body: Any) -> Limits:
-        model = self.model_name
-        try:
-            cards = body["data"]
-        except (KeyError, TypeError):
-            raise malformed_body(
-                "GET /models has no data list", body=body, backend=BACKEND
-            ) from None
-        for card in cards:
-            if card.get("id") == model and card.get("max_model_len"):
-                return Limits(context_window=int(card["max_model_len"]))
-        return Limits()
-
-    def _fetch_limits(self) -> Limits:
-        assert self.base_url
-        limits = self._limits_from_models(self._get_json(f"{self.base_url}/models"))
+    # ---- discovery (``_limits_probe``: /models) ----
+    def _measure_template(self) -> None:
         if self._tokenize_available():
             self._bound = TemplateBound.measure(self._count_messages)
-        return limits
 
-    async def _afetch_limits(self) -> Limits:
-        assert self.base_url
-        limits = self._limits_from_models(await self._aget_json(f"{self.base_url}/models"))
+    async def _ameasure_template(self) -> None:
         if await self._atokenize_available():
             self._bound = await TemplateBound.ameasure(self._acount_messages)
-        return limits
 
     def _tokenize_available(self) -> bool:
         """Whether ``/tokenize`` counts this model (asked once, with the model's name: a
@@ -379,70 +376,6 @@ class _ServerConnection(HTTPConnection):
         if self._bound is None and self._tokenize is not False:
             return None  # not measured yet, or the server can count: wait for exact
         return chat_bound(prompt, self._bound)
-
-    # ---- health ----
-    def _judge(
-        self, started: float, health: httpx.Response | Exception, models: Any
-    ) -> HealthReport:
-        """``/health`` says whether the server can answer (a 5xx, or no answer: down);
-        ``/models`` whether it serves the configured model. A server without a health route
-        (404: llama.cpp's server and others) is judged by ``/models`` alone."""
-        model = self.model_name
-        if isinstance(health, Exception):
-            return down(started, model, f"/health failed: {describe(health)}")
-        if unhealthy(health.status_code):
-            return down(started, model, answered("/health", health))
-        no_route = health.status_code == 404
-        if isinstance(models, Exception):
-            if no_route:
-                return probe_failed(started, model, "/models failed", models)
-            state = "ok" if health.status_code < 400 else answered("/health", health)
-            return not_ready(started, model, f"/health {state}; /models failed: {describe(models)}")
-        limits = self._limits_from_models(models)
-        window = limits.context_window or self.context_window
-        served = [c.get("id") for c in models.get("data", [])]
-        if health.status_code >= 400 and not no_route:  # 401, 403, 429: answers, refuses
-            return not_ready(started, model, answered("/health", health), window)
-        if model not in served:
-            return not_ready(
-                started, model, f"{model!r} is not served; the server has {served}", window
-            )
-        return HealthReport(
-            alive=True,
-            ready=True,
-            latency_s=time.perf_counter() - started,
-            model=model,
-            context_window=window,
-            detail=f"serving {model}",
-        )
-
-    def _health(self) -> HealthReport:
-        started = time.perf_counter()
-        t = self.health_timeout / 2
-        health: httpx.Response | Exception
-        try:
-            health = self._get(f"{self._root}/health", timeout=t)
-        except Exception as exc:
-            health = exc
-        try:
-            models: Any = self._get_json(f"{self.base_url}/models", timeout=t)
-        except Exception as exc:
-            models = exc
-        return self._judge(started, health, models)
-
-    async def _ahealth(self) -> HealthReport:
-        started = time.perf_counter()
-        t = self.health_timeout / 2
-        health: httpx.Response | Exception
-        try:
-            health = await self._aget(f"{self._root}/health", timeout=t)
-        except Exception as exc:
-            health = exc
-        try:
-            models: Any = await self._aget_json(f"{self.base_url}/models", timeout=t)
-        except Exception as exc:
-            models = exc
-        return self._judge(started, health, models)
 
     def _extra_params(self) -> dict[str, Any]:
         extra = {
