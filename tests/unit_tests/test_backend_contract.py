@@ -56,8 +56,9 @@ def final_names(cls: type) -> set[str]:
 def package_classes() -> list[type]:
     """Every class defined in the package's backends (imported without optional SDKs)."""
     out = []
-    for info in pkgutil.iter_modules(langchain_multillm.backends.__path__):
-        module = importlib.import_module(f"langchain_multillm.backends.{info.name}")
+    backends = langchain_multillm.backends
+    for info in pkgutil.walk_packages(backends.__path__, f"{backends.__name__}."):
+        module = importlib.import_module(info.name)  # a package's modules too (backends.vllm)
         out += [
             c
             for c in vars(module).values()
