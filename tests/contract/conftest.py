@@ -21,12 +21,21 @@ from tests.contract.rows import (
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Every test that takes ``row`` runs once per row, with the row's tier marker (so
-    ``pytest tests/contract -m tgi`` runs the TGI row only); grouped by row."""
+    ``pytest tests/contract -m tgi`` runs the TGI row only), and as a strict xfail where the
+    row names a known bug it finds (``Row.known_bugs``); grouped by row."""
     if "row" in metafunc.fixturenames:
+        name = metafunc.function.__name__
         params = [
-            pytest.param(row, id=row.id, marks=[getattr(pytest.mark, row.marker)]) for row in ROWS
+            pytest.param(row, id=row.id, marks=[getattr(pytest.mark, row.marker), *_bug(row, name)])
+            for row in ROWS
         ]
         metafunc.parametrize("row", params, scope="module")
+
+
+def _bug(row: Row, test: str) -> list[pytest.MarkDecorator]:
+    """A known package bug the row's data names for this test: strict xfail, with why."""
+    reason = row.known_bugs.get(test)
+    return [pytest.mark.xfail(strict=True, reason=f"bug: {reason}")] if reason else []
 
 
 @pytest.fixture(scope="session")

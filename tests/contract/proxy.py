@@ -6,6 +6,8 @@ faults queued by a test change what the next matching requests get:
 
 * :meth:`FaultProxy.respond`: answer the next ``times`` matching requests itself (a status,
   headers, a body, or a body made from the request, e.g. a 401 that echoes the credential);
+* :meth:`FaultProxy.strip_usage`: forward the next matching stream without its token usage
+  (a server that leaves usage out of streams);
 * :meth:`FaultProxy.cut`: forward the next matching stream until its first event that carries
   text (or, at the latest, until the event that would finish it), then end it: ``"eof"`` ends the
   body cleanly (a stream that just stops), ``"abort"`` drops the connection mid-body.
@@ -18,6 +20,7 @@ the test talks to the object.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import socket
 import threading
@@ -30,8 +33,9 @@ import httpx
 import uvicorn
 
 # A POST that makes the model generate, in every protocol of the table: OpenAI chat (vLLM, TGI's
-# Messages API, DeepSeek, Azure), TGI's generate routes, Gemini's generateContent.
-GENERATION = re.compile(r"(chat/completions|/generate|/generate_stream|:generateContent|"
+# Messages API, DeepSeek, Azure) and completions (vLLM), TGI's generate routes, Gemini's
+# generateContent.
+GENERATION = re.compile(r"(/completions|/generate|/generate_stream|:generateContent|"
                         r":streamGenerateContent)$")  # fmt: skip
 # A streamed event that carries generated text (OpenAI ``content``, Gemini ``text``), and one
 # that finishes a stream.
@@ -76,7 +80,7 @@ def generation(hit: Hit) -> bool:
 @dataclass
 class Fault:
     match: Match
-    kind: str  # "respond" | "cut"
+    kind: str  # "respond" | "cut" | "strip_usage"
     times: int | None = 1  # None: until cleared
     status: int = 500
     headers: dict[str, str] = field(default_factory=dict)
@@ -161,6 +165,12 @@ class FaultProxy:
         with self._lock:
             self._faults.append(Fault(match, "cut", 1, mode=mode))
 
+    def strip_usage(self, *, times: int | None = 1, match: Match = generation) -> None:
+        """Forward the next matching streams with ``usage`` taken out of every event (an event
+        that carried only the usage is left out)."""
+        with self._lock:
+            self._faults.append(Fault(match, "strip_usage", times))
+
     def log(self, match: Match | None = None) -> list[Hit]:
         with self._lock:
             return [h for h in self.hits if match is None or match(h)]
@@ -239,6 +249,9 @@ class FaultProxy:
             ]
             await send({"type": "http.response.start", "status": response.status_code,
                         "headers": out})  # fmt: skip
+            if fault is not None and fault.kind == "strip_usage":
+                await self._strip_usage(response, send)
+                return
             if fault is None or fault.kind != "cut":
                 async for piece in response.aiter_raw():
                     await send({"type": "http.response.body", "body": piece, "more_body": True})
@@ -264,9 +277,39 @@ class FaultProxy:
                     return await self._end(send, mode)
         await self._end(send, mode)
 
+    async def _strip_usage(self, response: httpx.Response, send: Any) -> None:
+        buffer = b""
+        async for piece in response.aiter_raw():
+            buffer += piece
+            while (end := EVENT_END.search(buffer)) is not None:
+                event, buffer = buffer[: end.end()], buffer[end.end() :]
+                event = _without_usage(event)
+                if event:
+                    await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": buffer})
+
     @staticmethod
     async def _end(send: Any, mode: str) -> None:
         if mode == "abort":
             await asyncio.sleep(0.05)  # let the forwarded event leave first
             raise _Abort("contract proxy: connection dropped mid-stream (injected)")
         await send({"type": "http.response.body", "body": b""})
+
+
+def _without_usage(event: bytes) -> bytes:
+    """An SSE event without ``usage`` in its JSON data (b"" where the usage was all it said)."""
+    lines = event.split(b"\n")
+    for i, line in enumerate(lines):
+        if not line.startswith(b"data:"):
+            continue
+        try:
+            data = json.loads(line[5:])
+        except ValueError:
+            continue  # [DONE]
+        if not isinstance(data, dict) or "usage" not in data:
+            continue
+        data.pop("usage")
+        if not data.get("choices"):
+            return b""
+        lines[i] = b"data: " + json.dumps(data).encode()
+    return b"\n".join(lines)

@@ -8,6 +8,7 @@ Nothing here asserts anything: ``test_contract.py`` asserts the same promises fo
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -26,7 +27,28 @@ PROMISES = (
     "unhealthy",  # the peer can be made to answer "unhealthy"
     "limits_without_io",  # the limits (and profile) are known before any request
     "valid_prompt",  # is_valid_prompt decides near the window (needs an exact count)
+    # The hooks of docs/backends/writing.md (test_hooks.py): where a backend has no such hook.
+    "http",  # requests over HTTP: _headers, the api_key sent, the proxy's view of a call
+    "openai_layer",  # OpenAIChatOverHTTP: _chat_url, _chat_body (what is sent is the hook's)
+    "check_offline",  # _check_offline refuses something (the row's ``offline_refusal``)
+    "before_send",  # _before_send / _abefore_send refuse something (``before_send_refusal``)
+    "usage_fallback",  # stream usage filled where the server leaves it out
+    "oauth2",  # _auth_flow: OAuth2 client credentials, the token sent as the bearer
+    "tools",  # _format_tools: tools counted by the fit check as the peer counts them
+    "completion",  # the completion hooks (_complete, ...): the row's ``build_completion``
+    "clean_cut",  # a stream whose body ends cleanly before the finish raises IncompleteResponse
 )
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A call a hook refuses with :class:`InvalidInputError` naming ``names`` (the field): the
+    model built with ``build`` (over the row's defaults), called with ``call`` on ``prompt``."""
+
+    names: str
+    call: dict[str, Any] = field(default_factory=dict)
+    build: dict[str, Any] = field(default_factory=dict)
+    prompt: Any = "Name a colour."
 
 
 def _closed_port_url() -> str:
@@ -50,7 +72,13 @@ class Row:
     ``wrong_key``: a key the peer refuses with its own auth error (None: the peer checks no key,
     the proxy answers 401). ``ready_by_generation``: why only a (billed) generation can prove
     readiness, where that is so: the free ``health()`` then proves ``alive`` only, and
-    ``health(deep=True)`` sends the one-token generation. ``not_applicable``: promise -> why it does not apply.
+    ``health(deep=True)`` sends the one-token generation. ``not_applicable``: promise -> why it
+    does not apply. ``offline_refusal``: a call ``_check_offline`` refuses (before the fit
+    check asks anything); ``before_send_refusal``: one ``_before_send`` refuses (after it).
+    ``batches_in_engine``: the class's ``_batches_in_engine``. ``build_completion``: the
+    completion model on the same peer (same arguments as ``build``). ``known_bugs``: test
+    name -> the bug (the package's, or the peer fixture's) it finds on this row: the test runs
+    as ``xfail(strict=True)``, so it fails until the bug is fixed, then the entry must go.
     """
 
     id: str
@@ -65,6 +93,11 @@ class Row:
     wrong_key: str | None = None
     ready_by_generation: str | None = None
     not_applicable: dict[str, str] = field(default_factory=dict)
+    offline_refusal: Refusal | None = None
+    before_send_refusal: Refusal | None = None
+    batches_in_engine: bool = False
+    build_completion: Callable[..., Any] | None = None
+    known_bugs: dict[str, str] = field(default_factory=dict)
     notes: str = ""
 
     def why_not(self, promise: str) -> str | None:
@@ -96,6 +129,13 @@ def _llamacpp(target: str, **kw: Any) -> Any:
     return ChatLlamaCpp(model_path=target, **kw)
 
 
+def _llamacpp_completion(target: str, **kw: Any) -> Any:
+    from langchain_multillm import LlamaCpp
+
+    kw = {"temperature": 0, "max_tokens": 8, "seed": 1, "n_ctx": LLAMACPP_WINDOW, **kw}
+    return LlamaCpp(model_path=target, **kw)
+
+
 def _llamacpp_down(row: Row, peer: str) -> Any:
     """A model built on a GGUF file that is then removed (the in-process "nothing there")."""
     link = Path(tempfile.mkdtemp(prefix="contract-")) / "gone.gguf"
@@ -112,6 +152,13 @@ def _vllm_engine(target: dict, **kw: Any) -> Any:
     return ChatVLLM(**target, **kw)
 
 
+def _vllm_engine_completion(target: dict, **kw: Any) -> Any:
+    from langchain_multillm import VLLM
+
+    kw = {"temperature": 0, "max_tokens": 8, "seed": 1, **kw}
+    return VLLM(**target, **kw)
+
+
 def _vllm_engine_down(row: Row, peer: dict) -> Any:
     missing = Path(tempfile.gettempdir()) / "contract-no-such-model"
     return row.build({**peer, "model": str(missing)})
@@ -122,6 +169,20 @@ def _vllm_server(target: str, **kw: Any) -> Any:
 
     kw = {"temperature": 0, "max_tokens": 8, "seed": 1, **kw}
     return ChatVLLMServer(base_url=f"{target}/v1", model=peers.SERVED_MODEL_NAME, **kw)
+
+
+def _vllm_server_completion(target: str, **kw: Any) -> Any:
+    from langchain_multillm import VLLMServer
+
+    kw = {"temperature": 0, "max_tokens": 8, "seed": 1, **kw}
+    return VLLMServer(base_url=f"{target}/v1", model=peers.SERVED_MODEL_NAME, **kw)
+
+
+def _tgi_completion(target: str, **kw: Any) -> Any:
+    from langchain_multillm import TGI
+
+    kw = {"temperature": 0, "max_tokens": 8, "seed": 1, **kw}
+    return TGI(base_url=target, **kw)
 
 
 def _tgi(target: str, **kw: Any) -> Any:
@@ -194,6 +255,20 @@ _DOWN_BUILDERS: dict[str, Callable[[Row, Any], Any]] = {
 
 IN_PROCESS_NO_HTTP = "in-process engine: no HTTP response, so no Retry-After header to honour"
 NO_CREDENTIAL = "the model takes no credential (a local file / engine in this process)"
+NO_REQUEST = "in-process engine: no HTTP request to carry headers or a key"
+NOT_OPENAI_HTTP = "not on OpenAIChatOverHTTP: the chat hooks are the backend's own"
+NO_BEFORE_SEND = "_before_send is the default: nothing is checked beyond _check_offline"
+NO_OAUTH = "no OAuth2 settings: the credential is an api_key"
+NO_FALLBACK = "no usage fallback: the server always sends stream usage (asked for)"
+NO_COMPLETION = "no completion model for this API (chat only)"
+ENGINE_LOOP_CUT = (
+    "in-process: the engine's token loop ending early reads as max_tokens reached (no "
+    "protocol end to miss); a failure mid-stream is test_a_stream_cut_upstream_raises"
+)
+CHAT_PROMPT_ONLY = Refusal(
+    "messages[0].content[0].type",
+    prompt=[("human", [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}])],
+)
 
 ROWS: tuple[Row, ...] = (
     Row(
@@ -202,12 +277,20 @@ ROWS: tuple[Row, ...] = (
         peer_fixture="llama_cpp_available",
         http=False,
         build=_llamacpp,
+        build_completion=_llamacpp_completion,
         notes=f"n_ctx={LLAMACPP_WINDOW}: prompts near the window stay cheap",
+        offline_refusal=CHAT_PROMPT_ONLY,
         not_applicable={
             "retry_after": IN_PROCESS_NO_HTTP,
             "secrets": NO_CREDENTIAL,
             "unhealthy": "a GGUF model in this process has no 'answers unhealthy' state apart "
             "from its file being gone (test_health_down_when_nothing_is_there)",
+            "http": NO_REQUEST,
+            "openai_layer": NOT_OPENAI_HTTP,
+            "before_send": NO_BEFORE_SEND,
+            "usage_fallback": "in-process: the usage is counted by the engine itself",
+            "oauth2": NO_CREDENTIAL,
+            "clean_cut": ENGINE_LOOP_CUT,
         },
     ),
     Row(
@@ -216,11 +299,14 @@ ROWS: tuple[Row, ...] = (
         peer_fixture="vllm_server_url",
         http=True,
         build=_vllm_server,
+        build_completion=_vllm_server_completion,
         upstream=lambda url: url.removesuffix("/v1"),
         health_route=lambda hit: _get(hit, r"^/health$"),
         secret="contract-vllm-key-51d0",
+        offline_refusal=Refusal("extra_body", call={"extra_body": "not-a-dict"}),
         not_applicable={
             "limits_without_io": "the window is the server's (GET /v1/models max_model_len)",
+            "before_send": NO_BEFORE_SEND,
         },
     ),
     Row(
@@ -229,10 +315,23 @@ ROWS: tuple[Row, ...] = (
         peer_fixture="tgi_server_url",
         http=True,
         build=_tgi,
+        build_completion=_tgi_completion,
         health_route=lambda hit: _get(hit, r"^/health$"),
         secret="hf_contract_tgi_token_77aa",
+        offline_refusal=Refusal(
+            "chat_completion_enabled", build={"chat_completion_enabled": False}
+        ),
+        # /info's max_stop_sequences (the fixture's 4, TGI's default): known after /info only.
+        before_send_refusal=Refusal("stop", call={"stop": ["a", "b", "c", "d", "e"]}),
+        known_bugs={
+            "test_health_reports_name_the_model_label": "ChatTGI's health report names the "
+            "served model_id (/info: 'smollm2') where _model_label() and a down report name "
+            "model_name ('tgi', any model): the same model is named two ways",
+        },
         not_applicable={
             "limits_without_io": "the limits are the server's (GET /info)",
+            "usage_fallback": NO_FALLBACK,
+            "oauth2": NO_OAUTH,
         },
     ),
     Row(
@@ -246,6 +345,12 @@ ROWS: tuple[Row, ...] = (
         not_applicable={
             "valid_prompt": "no exact count of a chat prompt (DeepSeek's template is not "
             "published): a prompt between the bounds is sent and the API judges (docs/fit.md)",
+            "check_offline": "ChatDeepSeek refuses nothing beyond the common checks (the keys "
+            "of a call are checked by _allowed_call_params)",
+            "before_send": NO_BEFORE_SEND,
+            "usage_fallback": NO_FALLBACK,
+            "oauth2": NO_OAUTH,
+            "completion": NO_COMPLETION,
         },
         secret=DEEPSEEK_KEY,
         wrong_key="not-a-deepseek-key-0192",
@@ -262,6 +367,22 @@ ROWS: tuple[Row, ...] = (
         wrong_key="contract-wrong-azure-key-3e9",
         ready_by_generation="Azure has no free route that says a deployment can answer "
         "(GET /openai/models proves the endpoint and the key); docs/backends/azure.md",
+        # An o-series model takes no sampling knobs (the row's temperature=0 is one).
+        offline_refusal=Refusal("temperature", build={"model": "o3-mini"}),
+        known_bugs={
+            "test_format_tools_counts_tools_as_the_peer": "fixture, not the package: the Azure "
+            "fixture's usage.prompt_tokens counts the messages only (tests/fixtures/"
+            "azure_server.py count_prompt), where Azure counts the tools too; the package "
+            "counts them as Azure does (115 tokens with the tool, the fixture says 10)",
+        },
+        not_applicable={
+            "openai_layer": "the openai SDK's client (AzureOpenAI), not OpenAIChatOverHTTP",
+            "before_send": "not on OpenAIChatOverHTTP (no _before_send)",
+            "usage_fallback": "counted with tiktoken where an API version takes no "
+            "stream_options; the fixture's version (2024-10-21) sends usage",
+            "oauth2": NO_OAUTH,
+            "completion": NO_COMPLETION,
+        },
         notes=f"context_window={AZURE_WINDOW} set: prompts near it must fit the fixture's "
         "SmolLM2 engine (2048 of its tokens), and stay cheap",
     ),
@@ -274,8 +395,14 @@ ROWS: tuple[Row, ...] = (
         health_route=lambda hit: _get(hit, r"/models/[^/:]+$"),
         secret=peers.GEMINI_FIXTURE_KEY,
         wrong_key="not-a-google-key-4411",
+        offline_refusal=Refusal("top_k", call={"top_k": 0}),
         not_applicable={
             "limits_without_io": "the limits are the API's (models.get inputTokenLimit)",
+            "openai_layer": "the google-genai SDK's client, not OpenAIChatOverHTTP",
+            "before_send": "not on OpenAIChatOverHTTP (no _before_send)",
+            "usage_fallback": "Gemini sends usageMetadata in every stream",
+            "oauth2": NO_OAUTH,
+            "completion": NO_COMPLETION,
         },
     ),
     Row(
@@ -284,9 +411,18 @@ ROWS: tuple[Row, ...] = (
         peer_fixture="vllm_engine_params",
         http=False,
         build=_vllm_engine,
+        build_completion=_vllm_engine_completion,
+        batches_in_engine=True,
+        offline_refusal=Refusal("model", call={"model": "another-model"}),
         not_applicable={
             "retry_after": IN_PROCESS_NO_HTTP,
             "secrets": NO_CREDENTIAL,
+            "http": NO_REQUEST,
+            "openai_layer": NOT_OPENAI_HTTP,
+            "before_send": NO_BEFORE_SEND,
+            "usage_fallback": "in-process: the usage is the engine's own",
+            "oauth2": NO_CREDENTIAL,
+            "clean_cut": ENGINE_LOOP_CUT,
         },
         notes="max_model_len=2048 given (the session's engine): the window is known before "
         "the engine loads",
@@ -336,15 +472,46 @@ class Instrument:
         """The backend answers "unhealthy" (until :meth:`close`)."""
         raise NotImplementedError
 
+    def sampling_sent(self) -> dict[str, Any]:
+        """``temperature`` and ``top_p`` as the last generation gave them to the backend (a key
+        is missing where nothing was sent for it)."""
+        raise NotImplementedError
+
+    def most_in_flight(self) -> int:
+        """The most generations in flight at once since the last :meth:`reset`."""
+        raise NotImplementedError
+
     def close(self) -> None:
         """Undo everything this instrument changed."""
+
+
+# The wire names of temperature and top_p: OpenAI's, TGI's ``parameters``, Gemini's
+# ``generationConfig`` (camelCase in JSON).
+_SAMPLING_KEYS = {"temperature": "temperature", "top_p": "top_p", "topP": "top_p"}
+
+
+def _find_sampling(body: Any) -> dict[str, Any]:
+    """``temperature`` / ``top_p`` wherever a request body nests them (the first found)."""
+    found: dict[str, Any] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in _SAMPLING_KEYS and _SAMPLING_KEYS[key] not in found:
+                    found[_SAMPLING_KEYS[key]] = value
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(body)
+    return found
 
 
 def error_body(status: int, message: str, code: str) -> bytes:
     """An error body every client of the table reads: OpenAI's ``error.message``, Google's
     ``error.code/message/status``, and a string ``error_type`` field that TGI clients read."""
-    import json
-
     return json.dumps(
         {"error": {"message": message, "type": code, "code": status, "status": code},
          "error_type": code}
@@ -378,6 +545,11 @@ class ProxyInstrument(Instrument):
     def cut_modes(self) -> tuple[str, ...]:
         return ("eof", "abort")
 
+    def sampling_sent(self) -> dict[str, Any]:
+        sent = self.proxy.log(lambda h: h.generation)
+        assert sent, "no generation reached the proxy"
+        return _find_sampling(json.loads(sent[-1].body))
+
     def make_unhealthy(self) -> None:
         self.proxy.respond(
             503,
@@ -396,6 +568,9 @@ class _Faults:
     def __init__(self) -> None:
         self.count = 0
         self.queue: list[str] = []
+        self.sampling: dict[str, Any] = {}
+        self.in_flight = 0
+        self.most = 0
 
     def next(self) -> str | None:
         self.count += 1
@@ -425,6 +600,7 @@ class LlamaInstrument(Instrument):
 
         def generate(*args: Any, **kwargs: Any) -> Any:
             fault = faults.next()
+            faults.sampling = {"temperature": kwargs.get("temp"), "top_p": kwargs.get("top_p")}
             tokens = original(*args, **kwargs)
             return tokens if fault is None else _faulty(tokens, fault)
 
@@ -440,6 +616,7 @@ class LlamaInstrument(Instrument):
     def reset(self) -> None:
         self.faults.count = 0
         self.faults.queue.clear()
+        self.faults.most = 0
 
     def fail_next(self, times: int = 1) -> None:
         self.faults.queue.extend(["before"] * times)
@@ -449,6 +626,9 @@ class LlamaInstrument(Instrument):
 
     def cut_modes(self) -> tuple[str, ...]:
         return ("mid",)
+
+    def sampling_sent(self) -> dict[str, Any]:
+        return dict(self.faults.sampling)
 
     def make_unhealthy(self) -> None:  # pragma: no cover - not applicable (see the row)
         raise NotImplementedError
@@ -486,8 +666,9 @@ class VLLMEngineInstrument(Instrument):
 
         def generate(render: Any, sampling: Any) -> Any:
             fault = faults.next()
+            faults.sampling = {"temperature": sampling.temperature, "top_p": sampling.top_p}
             outputs = original(render, sampling)
-            return outputs if fault is None else _afaulty(outputs, fault)
+            return _counted(outputs if fault is None else _afaulty(outputs, fault), faults)
 
         eng.generate = generate
         self._patched.append((eng, "generate"))
@@ -501,6 +682,7 @@ class VLLMEngineInstrument(Instrument):
     def reset(self) -> None:
         self.faults.count = 0
         self.faults.queue.clear()
+        self.faults.most = 0
 
     def fail_next(self, times: int = 1) -> None:
         self.faults.queue.extend(["before"] * times)
@@ -510,6 +692,12 @@ class VLLMEngineInstrument(Instrument):
 
     def cut_modes(self) -> tuple[str, ...]:
         return ("mid",)
+
+    def sampling_sent(self) -> dict[str, Any]:
+        return dict(self.faults.sampling)
+
+    def most_in_flight(self) -> int:
+        return self.faults.most
 
     def make_unhealthy(self) -> None:
         eng = next(obj for obj, _ in self._patched)
@@ -538,6 +726,18 @@ async def _afaulty(outputs: Any, fault: str) -> Any:
             if n >= TOKENS_BEFORE_CUT:
                 raise RuntimeError(INJECTED_MID)
     finally:
+        await outputs.aclose()
+
+
+async def _counted(outputs: Any, faults: _Faults) -> Any:
+    """``outputs`` (an engine's async stream), counted in flight from first to last output."""
+    faults.in_flight += 1
+    faults.most = max(faults.most, faults.in_flight)
+    try:
+        async for out in outputs:
+            yield out
+    finally:
+        faults.in_flight -= 1
         await outputs.aclose()
 
 
