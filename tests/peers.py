@@ -58,7 +58,7 @@ def fixture_seed() -> int:
 
 
 def _engine_args() -> list[str]:
-    """A protocol fixture's engine flags (tests/fixtures/common.py, ``add_engine_args``)."""
+    """A protocol fixture's engine flags (tests/fixtures/core/app.py, ``add_engine_args``)."""
     return ["--n-threads", str(fixture_n_threads()), "--seed", str(fixture_seed())]
 
 

@@ -93,7 +93,7 @@ class TestChatVLLMServerIntegration(ShortPlainAnswers, ChatModelIntegrationTests
         super().test_json_mode(model)
 
     # vLLM enforces the schema but not the length of its free strings (the fixtures bound
-    # theirs: tests/fixtures/grammar.py); closing the object in time is the model's skill.
+    # theirs: tests/fixtures/core/grammar.py); closing the object in time is the model's skill.
     @pytest.mark.parametrize("schema_type", ["pydantic", "typeddict", "json_schema"])
     @skill(CLOSES_JSON)
     def test_structured_output(self, model: Any, schema_type: Any) -> None:

@@ -2,7 +2,7 @@
 
 The bundled SmolLM2-135M's words differ with the CPU's floating-point path, the thread count
 and the seed. The engines and fixtures guarantee the shape of an answer (a forced call is a
-call of that tool, constrained JSON closes within max_tokens: tests/fixtures/grammar.py);
+call of that tool, constrained JSON closes within max_tokens: tests/fixtures/core/grammar.py);
 what a standard test asserts beyond the shape is the model's, so those tests are non-strict
 xfails that name the skill: they may pass (XPASS) on one machine and fail on another, and
 neither outcome fails the run.

@@ -1,4 +1,4 @@
-"""The fixtures' bounded JSON grammars (tests/fixtures/grammar.py): what a grammar admits is
+"""The fixtures' bounded JSON grammars (tests/fixtures/core/grammar.py): what a grammar admits is
 valid JSON of the schema, and its longest text, measured, fits the request's budget."""
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ pytest.importorskip("llama_cpp")
 
 from jsonschema import Draft202012Validator
 
-from tests.fixtures.common import tool_output, tool_schema
-from tests.fixtures.grammar import (
+from tests.fixtures.core.grammar import (
     INF,
     Alt,
     Cls,
@@ -25,6 +24,7 @@ from tests.fixtures.grammar import (
     longest_bytes,
     parse_gbnf,
 )
+from tests.fixtures.core.tools import tool_output, tool_schema
 from tests.fixtures.tgi_server import tool_grammar_schema
 
 # Characters a negated class may stand for, the widest last (1 to 4 UTF-8 bytes).
