@@ -15,13 +15,18 @@ gets and returns: docs/backends/writing.md. Required hooks are abstract; the flo
   token of the vocabulary, in bytes, for the lower bound; None where the vocabulary is unknown)
   and ``_count_lower`` (the lower bound itself);
 * the keys a call may carry: ``_call_params`` / ``_call_param_hints`` (class attributes),
-  ``_allowed_call_params``; a request this backend can never serve: ``_check_offline``
-  (``InvalidInputError``, before any network call);
+  ``_allowed_call_params`` (one check for every backend, in ``_start``); the keys never sent:
+  :data:`LOCAL_CALL_PARAMS` and ``_local_call_params`` (``_wire_params``); a request this
+  backend can never serve: ``_check_offline`` (``InvalidInputError``, before any network call);
+* sampling fields: the mixins (:class:`Seed`, :class:`Penalties`, :class:`RepetitionPenalty`,
+  :class:`TopK`, :class:`MinP`, :class:`TypicalP`, :class:`ExtraBody`) and ``_param_fields``,
+  sent by the one ``_default_params``;
 * chat (required): ``_chat`` / ``_achat`` / ``_chat_stream`` / ``_achat_stream`` taking a
   :class:`ChatRequest`; completion (required): ``_complete`` / ``_acomplete`` /
   ``_complete_stream`` / ``_acomplete_stream`` taking a :class:`CompletionRequest`;
 * an engine that batches what is in flight: ``_batches_in_engine`` (class attribute);
-* the layers above this one add theirs: ``_auth_flow`` / ``_headers`` (``_http.py``),
+* the layers above this one add theirs: ``_auth_flow`` / ``_headers``, the probes as data
+  ``_health_probe`` / ``_limits_probe`` and ``_measure_template`` (``_http.py``),
   ``_chat_url`` (required), ``_chat_body``, ``_before_send`` / ``_abefore_send``,
   ``_usage_fallback`` / ``_ausage_fallback`` (``_openai.py``).
 """
@@ -39,7 +44,7 @@ import re
 import threading
 import time
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar, final
 
@@ -163,22 +168,29 @@ def check_model_name(value: str) -> str:
     return value
 
 
-# Keys every call may carry, whatever the backend: the sampling fields every model has, the
-# fit policy, and what LangChain itself reads or binds (``stream``, its switch that turns
-# streaming off for a call; ``ls_*``: tracing metadata such as ``ls_structured_output_format``),
-# never sent.
-COMMON_CALL_PARAMS = frozenset(
-    {
-        "model",
-        "temperature",
-        "top_p",
-        "max_tokens",
-        "stop",
-        "context_overflow",
-        "stream",
-        "ls_structured_output_format",
-    }
+# Keys of a call that are the package's or LangChain's own, never sent to an API: the fit
+# policy, LangChain's per-call streaming switch (``stream``: it turns streaming off for a call)
+# and its tracing metadata (``ls_*``, e.g. ``ls_structured_output_format``). The one list of
+# them: :func:`wire_params` leaves them out of every body.
+LOCAL_CALL_PARAMS = frozenset({"context_overflow", "stream", "ls_structured_output_format"})
+# Keys every call may carry, whatever the backend: the sampling fields every model has, and the
+# local keys above.
+COMMON_CALL_PARAMS = (
+    frozenset({"model", "temperature", "top_p", "max_tokens", "stop"}) | LOCAL_CALL_PARAMS
 )
+
+
+def is_local(key: str) -> bool:
+    """Whether a call's key is the package's or LangChain's own (:data:`LOCAL_CALL_PARAMS`,
+    any ``ls_*``), never sent."""
+    return key in LOCAL_CALL_PARAMS or key.startswith("ls_")
+
+
+def wire_params(params: dict[str, Any], *, also: Iterable[str] = ()) -> dict[str, Any]:
+    """A checked request's parameters without the local keys, nor those in ``also`` (what the
+    backend handles itself: its ``_local_call_params``, or ``extra_body``, merged apart)."""
+    skip = frozenset(also)
+    return {k: v for k, v in params.items() if not is_local(k) and k not in skip}
 
 
 def check_call_params(
@@ -201,6 +213,13 @@ def check_call_params(
         ", ".join(unknown),
         f"not a call parameter of {owner}{guess}; allowed: {', '.join(sorted(allowed))}",
     )
+
+
+def check_extra_body(extra: Any) -> None:
+    """A call's ``extra_body`` (where the backend takes one) is a dict, merged into the body
+    last, as the openai SDK's; checked here only, before anything is sent."""
+    if extra is not None and not isinstance(extra, dict):
+        raise InvalidInputError("extra_body", f"must be a dict; got {type(extra).__name__}")
 
 
 # ------------------------------------------------------------------ the shared surface
@@ -232,6 +251,9 @@ class ModelSurface(BaseModel):
     own: sampling keys, tools, tool_choice, response_format where taken); others are refused."""
     _call_param_hints: ClassVar[dict[str, str]] = {}
     """Keys refused with a reason of their own (a pointer to the class that takes them)."""
+    _local_call_params: ClassVar[frozenset[str]] = frozenset()
+    """Keys a call may carry that this backend handles itself, never sent as they are (besides
+    :data:`LOCAL_CALL_PARAMS`): left out by :meth:`_wire_params`."""
     _limits: Limits | None = PrivateAttr(default=None)
     if TYPE_CHECKING:
         # Fields of the classes this surface is combined with (:class:`_Sampling`, declared
@@ -244,15 +266,23 @@ class ModelSurface(BaseModel):
 
     # ---- the keys a call may carry (checked in ``_start``, before anything is sent) ----
     def _allowed_call_params(self) -> frozenset[str]:
-        """:data:`COMMON_CALL_PARAMS` and the backend's ``_call_params`` (a backend whose set
-        depends on what is installed overrides this)."""
-        return COMMON_CALL_PARAMS | self._call_params
+        """:data:`COMMON_CALL_PARAMS`, the fields the model sends with every call (its sampling
+        mixins' and ``_param_fields``: what an instance sets, a call may set) and the backend's
+        ``_call_params`` (a backend whose set depends on what is installed overrides this)."""
+        return _allowed(type(self)) | self._call_params
 
     @final
     def _check_call_params(self, kwargs: dict[str, Any]) -> None:
         check_call_params(
             type(self).__name__, list(kwargs), self._allowed_call_params(), self._call_param_hints
         )
+        check_extra_body(kwargs.get("extra_body"))
+
+    @final
+    def _wire_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A checked request's parameters for the API: without :data:`LOCAL_CALL_PARAMS`,
+        ``ls_*`` and the backend's ``_local_call_params``."""
+        return wire_params(params, also=self._local_call_params)
 
     # ---- hooks (backends override) ----
     def _fetch_limits(self) -> Limits:
@@ -759,8 +789,107 @@ def _scrub(value: Any) -> Any:
     return value
 
 
+# ------------------------------------------------------------------ sampling fields
+#
+# Each family of sampling settings is declared once, as a mixin a backend lists among its bases
+# (``class ChatX(Penalties, Seed, MultiLLMChatModel)``). Their fields are sent with every call
+# (None left out, :meth:`_Sampling._default_params`) under the same names a call takes (also
+# accepted per call: :meth:`ModelSurface._allowed_call_params`); a backend whose API names one
+# differently renames it where it builds its body. A backend that bounds a field differently
+# (TGI's seed is unsigned) redeclares that field only.
+
+
+class Seed(BaseModel):
+    """``seed``."""
+
+    seed: int | None = None
+    """Seed for sampling, for repeatable outputs (best effort on a hosted API)."""
+
+
+class Penalties(BaseModel):
+    """``presence_penalty`` and ``frequency_penalty`` (OpenAI's)."""
+
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    """Penalty on tokens already present (-2 to 2)."""
+
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    """Penalty by how often a token appeared (-2 to 2)."""
+
+
+class RepetitionPenalty(BaseModel):
+    """``repetition_penalty`` (Hugging Face's, llama.cpp's ``repeat_penalty``)."""
+
+    repetition_penalty: float | None = Field(default=None, gt=0)
+    """Penalty (>1) on tokens already in the prompt or output; 1.0 means none."""
+
+
+class TopK(BaseModel):
+    """``top_k``."""
+
+    top_k: int | None = None
+    """Sample from the k most likely tokens (None: the backend's default)."""
+
+
+class MinP(BaseModel):
+    """``min_p``."""
+
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    """Drop tokens below this fraction of the top token's probability."""
+
+
+class TypicalP(BaseModel):
+    """``typical_p``."""
+
+    typical_p: float | None = Field(default=None, gt=0, lt=1)
+    """Typical decoding mass, in (0, 1)."""
+
+
+class ExtraBody(BaseModel):
+    """``extra_body``: fields for the request body that the class does not name. On the
+    instance, its entries are sent with every call; per call, a dict merged into the body last
+    (checked to be a dict in one place, :func:`check_call_params`)."""
+
+    extra_body: dict[str, Any] | None = None
+    """Other fields for the request body (for example vLLM's ``structured_outputs``)."""
+
+
+SAMPLING_MIXINS: tuple[type[BaseModel], ...] = (
+    Seed,
+    Penalties,
+    RepetitionPenalty,
+    TopK,
+    MinP,
+    TypicalP,
+)
+# The mixins' fields, in the order their values are sent.
+SAMPLING_FIELDS: tuple[str, ...] = tuple(f for m in SAMPLING_MIXINS for f in m.model_fields)
+# The fields every model has (``_Sampling``), sent the same way.
+BASE_SAMPLING_FIELDS = ("temperature", "top_p", "max_tokens", "stop")
+
+
+@functools.cache
+def sent_fields(cls: type[BaseModel]) -> tuple[str, ...]:
+    """The fields of ``cls`` whose values go with every call: the common four, those of the
+    sampling mixins it lists among its bases, and its own ``_param_fields``."""
+    own: tuple[str, ...] = getattr(cls, "_param_fields", ())
+    mixins = tuple(f for m in SAMPLING_MIXINS if issubclass(cls, m) for f in m.model_fields)
+    return (*BASE_SAMPLING_FIELDS, *mixins, *own)
+
+
+@functools.cache
+def _allowed(cls: type[BaseModel]) -> frozenset[str]:
+    """The keys any call of ``cls`` may carry before its ``_call_params``: the common ones,
+    what it sends with every call, and ``extra_body`` where it has :class:`ExtraBody`."""
+    extra = {"extra_body"} if issubclass(cls, ExtraBody) else set()
+    return COMMON_CALL_PARAMS | frozenset(sent_fields(cls)) | extra
+
+
 class _Sampling(BaseModel):
     """Fields every model has, chat or completion."""
+
+    _param_fields: ClassVar[tuple[str, ...]] = ()
+    """The backend's own fields sent with every call besides the sampling mixins' (TGI's
+    ``grammar``, Gemini's ``thinking_budget``), by name; a call may set them too."""
 
     model_name: str = Field(alias="model")
     """Name of the model the backend serves."""
@@ -789,14 +918,17 @@ class _Sampling(BaseModel):
         return check_model_name(v)
 
     def _default_params(self) -> dict[str, Any]:
-        """Sampling parameters set on the instance (None left out)."""
-        params = {
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "max_tokens": self.max_tokens,
-            "stop": self.stop or None,
-        }
-        return {k: v for k, v in params.items() if v is not None}
+        """The instance's settings sent with every call: the common sampling fields, the
+        sampling mixins' and ``_param_fields`` (None and an empty ``stop`` left out), then the
+        entries of an ``extra_body`` (:class:`ExtraBody`)."""
+        params: dict[str, Any] = {}
+        for name in sent_fields(type(self)):
+            value = getattr(self, name)
+            if value is not None and not (name == "stop" and not value):
+                params[name] = value
+        if isinstance(self, ExtraBody) and self.extra_body:
+            params.update(self.extra_body)
+        return params
 
     @property
     def _identifying_params(self) -> dict[str, Any]:

@@ -44,7 +44,7 @@ from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
 
-from langchain_multillm._base import ChatRequest, MultiLLMChatModel
+from langchain_multillm._base import ChatRequest, MultiLLMChatModel, wire_params
 from langchain_multillm._http import HTTPConnection
 from langchain_multillm._structured import stop_if_cut
 from langchain_multillm.errors import (
@@ -66,9 +66,6 @@ __all__ = [
     "iter_sse",
     "usage_metadata",
 ]
-
-# Keys LangChain passes through bind() that are not for the server.
-_LOCAL_KEYS = {"ls_structured_output_format", "context_overflow"}
 
 
 # ------------------------------------------------------------------ requests
@@ -103,16 +100,10 @@ def _assistant_content(blocks: list[Any], *, has_calls: bool) -> str | list[Any]
 
 def _params(params: dict[str, Any]) -> dict[str, Any]:
     """The keys of a call that go into the body; a call's ``extra_body`` (a dict, as the
-    openai SDK takes it) is merged in last, unchecked."""
-    out = {
-        k: v
-        for k, v in params.items()
-        if k not in _LOCAL_KEYS and not k.startswith("ls_") and k != "extra_body"
-    }
+    openai SDK takes it) is merged in last, its entries unchecked."""
+    out = wire_params(params, also=("extra_body",))
     extra = params.get("extra_body")
-    if extra is not None:
-        if not isinstance(extra, dict):
-            raise InvalidInputError("extra_body", f"must be a dict; got {type(extra).__name__}")
+    if extra is not None:  # a dict: checked with the call's keys (_base.check_extra_body)
         out.update(extra)
     return out
 

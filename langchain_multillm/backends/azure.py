@@ -35,7 +35,7 @@ from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.utils import from_env, secret_from_env
 from pydantic import Field, PrivateAttr, SecretStr, model_validator
 
-from langchain_multillm._base import ChatRequest, Prompt
+from langchain_multillm._base import ChatRequest, Penalties, Prompt, Seed
 from langchain_multillm._http import check_url, openai_aiohttp_client
 from langchain_multillm._openai import (
     ChatStream,
@@ -302,7 +302,7 @@ def _dump(obj: Any) -> dict[str, Any]:
     return dumped
 
 
-class ChatAzureOpenAI(OpenAIToolsMixin):
+class ChatAzureOpenAI(Penalties, Seed, OpenAIToolsMixin):
     """Chat with an Azure OpenAI deployment.
 
     Example:
@@ -359,15 +359,6 @@ class ChatAzureOpenAI(OpenAIToolsMixin):
     http_async_client: Any = Field(default=None, exclude=True)
     """An HTTP client for the async SDK client, passed through."""
 
-    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
-    """Penalty on tokens already present (-2 to 2)."""
-
-    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    """Penalty by how often a token appeared (-2 to 2)."""
-
-    seed: int | None = None
-    """Seed for best-effort deterministic sampling."""
-
     _backend: ClassVar[str] = BACKEND
     _call_params = CALL_PARAMS
     _sync: Any = PrivateAttr(default=None)
@@ -414,14 +405,6 @@ class ChatAzureOpenAI(OpenAIToolsMixin):
     @property
     def _family(self) -> ModelFamily | None:
         return model_family(self.model_name)
-
-    def _default_params(self) -> dict[str, Any]:
-        extra = {
-            "presence_penalty": self.presence_penalty,
-            "frequency_penalty": self.frequency_penalty,
-            "seed": self.seed,
-        }
-        return {**super()._default_params(), **{k: v for k, v in extra.items() if v is not None}}
 
     # ---- SDK clients ----
     def _client_kwargs(self) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 from langchain_core.utils import from_env, secret_from_env
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from langchain_multillm._base import Prompt
+from langchain_multillm._base import Penalties, Prompt
 from langchain_multillm._http import HealthProbe, Route, check_url
 from langchain_multillm._openai import OpenAIChatOverHTTP, StructuredMethod
 from langchain_multillm.errors import InvalidInputError
@@ -89,7 +89,7 @@ CALL_PARAMS = frozenset(
 )
 
 
-class ChatDeepSeek(OpenAIChatOverHTTP):
+class ChatDeepSeek(Penalties, OpenAIChatOverHTTP):
     """Chat with DeepSeek's models.
 
     Example:
@@ -118,12 +118,6 @@ class ChatDeepSeek(OpenAIChatOverHTTP):
         alias="api_base",
     )
     """API root (env ``DEEPSEEK_API_BASE``; default ``https://api.deepseek.com``)."""
-
-    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
-    """Penalty on tokens already present (-2 to 2)."""
-
-    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    """Penalty by how often a token appeared (-2 to 2)."""
 
     default_structured_method: StructuredMethod = "function_calling"
     """DeepSeek has JSON mode and tools, but no JSON-schema constrained decoding."""
@@ -161,13 +155,6 @@ class ChatDeepSeek(OpenAIChatOverHTTP):
     @property
     def lc_secrets(self) -> dict[str, str]:
         return {"api_key": "DEEPSEEK_API_KEY"}
-
-    def _default_params(self) -> dict[str, Any]:
-        extra = {
-            "presence_penalty": self.presence_penalty,
-            "frequency_penalty": self.frequency_penalty,
-        }
-        return {**super()._default_params(), **{k: v for k, v in extra.items() if v is not None}}
 
     def _chat_url(self) -> str:
         return f"{self.base_url}/chat/completions"

@@ -48,7 +48,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.utils import from_env, secret_from_env
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
-from langchain_multillm._base import ChatRequest, Prompt
+from langchain_multillm._base import ChatRequest, Prompt, Seed, TopK
 from langchain_multillm._http import check_url
 from langchain_multillm._openai import OpenAIToolsMixin, StructuredMethod
 from langchain_multillm.errors import (
@@ -75,8 +75,6 @@ API_VERSION = "v1beta"
 BLOCKED_FINISHES = frozenset(
     {"SAFETY", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY", "RECITATION"}
 )
-# Per-call keys that are not for the API.
-_LOCAL_KEYS = frozenset({"ls_structured_output_format", "context_overflow", "parallel_tool_calls"})
 # What a call may carry besides the sampling keys every model takes (what the request
 # understands, and the tools ``bind_tools`` binds); anything else is refused by name.
 CALL_PARAMS = frozenset(
@@ -392,7 +390,7 @@ class _Answer:
 # ------------------------------------------------------------------ the model
 
 
-class ChatGemini(OpenAIToolsMixin):
+class ChatGemini(TopK, Seed, OpenAIToolsMixin):
     """Chat with Google's Gemini models (the Gemini API, through google-genai).
 
     Example:
@@ -438,10 +436,7 @@ class ChatGemini(OpenAIToolsMixin):
     """An ``httpx.AsyncClient`` for the SDK, passed through."""
 
     top_k: int | None = Field(default=None, gt=0)
-    """Sample from the k most likely tokens."""
-
-    seed: int | None = None
-    """Seed for best-effort deterministic sampling."""
+    """Sample from the k most likely tokens (Gemini takes a positive k)."""
 
     thinking_budget: int | None = Field(default=None, ge=-1)
     """Tokens the model may think (``0`` off, ``-1`` dynamic; None: the model's default)."""
@@ -460,6 +455,8 @@ class ChatGemini(OpenAIToolsMixin):
 
     _backend: ClassVar[str] = BACKEND
     _call_params = CALL_PARAMS
+    _local_call_params = frozenset({"parallel_tool_calls"})  # Gemini has no such switch
+    _param_fields = ("thinking_budget", "include_thoughts", "safety_settings", "response_mime_type")
     _client_obj: Any = PrivateAttr(default=None)
 
     @field_validator("base_url")
@@ -483,17 +480,6 @@ class ChatGemini(OpenAIToolsMixin):
     @property
     def lc_secrets(self) -> dict[str, str]:
         return {"api_key": "GEMINI_API_KEY"}
-
-    def _default_params(self) -> dict[str, Any]:
-        extra = {
-            "top_k": self.top_k,
-            "seed": self.seed,
-            "thinking_budget": self.thinking_budget,
-            "include_thoughts": self.include_thoughts,
-            "safety_settings": self.safety_settings,
-            "response_mime_type": self.response_mime_type,
-        }
-        return {**super()._default_params(), **{k: v for k, v in extra.items() if v is not None}}
 
     # ---- the SDK client ----
     @property
@@ -527,11 +513,10 @@ class ChatGemini(OpenAIToolsMixin):
         """Gemini's own checks of the values (before the fit check asks anything)."""
         self._check_params(req.params)
 
-    @staticmethod
-    def _check_params(params: dict[str, Any]) -> dict[str, Any]:
+    def _check_params(self, params: dict[str, Any]) -> dict[str, Any]:
         """The per-call parameters Gemini takes (their keys checked in ``_start``), their values
         checked; local keys left out."""
-        p = {k: v for k, v in params.items() if k not in _LOCAL_KEYS and not k.startswith("ls_")}
+        p = self._wire_params(params)
         for key, low in (("top_k", 1), ("thinking_budget", -1)):
             value = p.get(key)
             if value is not None and (

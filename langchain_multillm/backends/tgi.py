@@ -25,7 +25,12 @@ from langchain_multillm._base import (
     ChatRequest,
     CompletionRequest,
     MultiLLMCompletionModel,
+    Penalties,
     Prompt,
+    RepetitionPenalty,
+    Seed,
+    TopK,
+    TypicalP,
 )
 from langchain_multillm._http import (
     HealthProbe,
@@ -96,7 +101,7 @@ def _limits_from_info(model: _TGIConnection, info: Any) -> Limits:
     return limits
 
 
-class _TGIConnection(HTTPConnection):
+class _TGIConnection(HTTPConnection, Seed):
     """Connection settings and TGI's own routes, shared by the chat and completion classes."""
 
     model_name: str = Field(default_factory=from_env("TGI_MODEL", default=ANY_MODEL), alias="model")
@@ -118,7 +123,7 @@ class _TGIConnection(HTTPConnection):
     """Most tokens to generate (also taken as TGI's ``max_new_tokens``)."""
 
     seed: int | None = Field(default=None, ge=0)
-    """Seed for sampling, for repeatable outputs."""
+    """Seed for sampling, for repeatable outputs (TGI's is unsigned)."""
 
     _backend: ClassVar[str] = BACKEND
     # /health says whether the server can answer (503 "unhealthy": down); /info whether it
@@ -276,7 +281,7 @@ def tgi_chat_body(payload: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-class ChatTGI(_TGIConnection, OpenAIChatOverHTTP):
+class ChatTGI(_TGIConnection, Penalties, OpenAIChatOverHTTP):
     """Chat with a model on a text-generation-inference server (its Messages API).
 
     Example:
@@ -295,12 +300,6 @@ class ChatTGI(_TGIConnection, OpenAIChatOverHTTP):
 
     chat_completion_enabled: bool = True
     """Whether the served model has a chat template; a base model without one needs ``TGI``."""
-
-    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
-    """Penalty on tokens already present (-2 to 2)."""
-
-    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    """Penalty by how often a token appeared (-2 to 2)."""
 
     _backend = BACKEND
     _call_params = CHAT_PARAMS
@@ -328,14 +327,6 @@ class ChatTGI(_TGIConnection, OpenAIChatOverHTTP):
     @property
     def lc_secrets(self) -> dict[str, str]:
         return {"api_key": "HF_TOKEN"}
-
-    def _default_params(self) -> dict[str, Any]:
-        extra = {
-            "seed": self.seed,
-            "presence_penalty": self.presence_penalty,
-            "frequency_penalty": self.frequency_penalty,
-        }
-        return {**super()._default_params(), **{k: v for k, v in extra.items() if v is not None}}
 
     def _before_send(self, req: ChatRequest) -> None:
         self.get_limits()  # /info: max_stop_sequences (asked once)
@@ -437,7 +428,7 @@ def _generation_info(
     return info
 
 
-class TGI(_TGIConnection, MultiLLMCompletionModel):
+class TGI(_TGIConnection, TopK, RepetitionPenalty, TypicalP, MultiLLMCompletionModel):
     """Text completion on a text-generation-inference server (``/generate``,
     ``/generate_stream``).
 
@@ -447,13 +438,7 @@ class TGI(_TGIConnection, MultiLLMCompletionModel):
     """
 
     top_k: int | None = Field(default=None, gt=0)
-    """Sample from the k most likely tokens."""
-
-    repetition_penalty: float | None = Field(default=None, gt=0)
-    """Penalty (>1) on repeated tokens; 1.0 means none."""
-
-    typical_p: float | None = Field(default=None, gt=0, lt=1)
-    """Typical decoding mass, in (0, 1)."""
+    """Sample from the k most likely tokens (TGI takes a positive k)."""
 
     do_sample: bool | None = None
     """Sample (True) or decode greedily (False); TGI's default is greedy."""
@@ -470,6 +455,8 @@ class TGI(_TGIConnection, MultiLLMCompletionModel):
 
     _backend = BACKEND
     _call_params = GENERATE_PARAMS
+    _param_fields = ("do_sample", "truncate", "watermark", "grammar")
+    _local_call_params = frozenset({"model"})  # the server serves one model
 
     @property
     def _llm_type(self) -> str:
@@ -479,22 +466,9 @@ class TGI(_TGIConnection, MultiLLMCompletionModel):
     def lc_secrets(self) -> dict[str, str]:
         return {"api_key": "HF_TOKEN"}
 
-    def _default_params(self) -> dict[str, Any]:
-        extra = {
-            "seed": self.seed,
-            "top_k": self.top_k,
-            "repetition_penalty": self.repetition_penalty,
-            "typical_p": self.typical_p,
-            "do_sample": self.do_sample,
-            "truncate": self.truncate,
-            "watermark": self.watermark,
-            "grammar": self.grammar,
-        }
-        return {**super()._default_params(), **{k: v for k, v in extra.items() if v is not None}}
-
     def _body(self, req: CompletionRequest) -> dict[str, Any]:
         self._check_stop(req.params)
-        p = {k: v for k, v in req.params.items() if not k.startswith("ls_") and k != "model"}
+        p = self._wire_params(req.params)
         params: dict[str, Any] = {"details": True, "return_full_text": False}
         max_new_tokens = p.pop("max_tokens", None)
         if max_new_tokens is not None:
@@ -516,10 +490,6 @@ class TGI(_TGIConnection, MultiLLMCompletionModel):
             value = p.pop(key, None)
             if value is not None and value != []:
                 params.setdefault(key, value)
-        if p:
-            raise InvalidInputError(
-                ", ".join(sorted(p)), "TGI's generate routes have no such parameter"
-            )
         return {"inputs": req.prompt, "parameters": params}
 
     def _generation(self, body: Any, model: str) -> Generation:

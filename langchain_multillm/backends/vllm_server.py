@@ -27,8 +27,14 @@ from pydantic import (
 from langchain_multillm._base import (
     ChatRequest,
     CompletionRequest,
+    ExtraBody,
+    MinP,
     MultiLLMCompletionModel,
+    Penalties,
     Prompt,
+    RepetitionPenalty,
+    Seed,
+    TopK,
 )
 from langchain_multillm._http import (
     ClientCredentials,
@@ -160,7 +166,7 @@ def _limits_from_models(model: _ServerConnection, body: Any) -> Limits:
     return Limits()
 
 
-class _ServerConnection(HTTPConnection):
+class _ServerConnection(HTTPConnection, TopK, MinP, RepetitionPenalty, Penalties, Seed, ExtraBody):
     """Connection settings and vLLM's extra routes, shared by the chat and completion classes."""
 
     model_name: str = Field(
@@ -194,27 +200,6 @@ class _ServerConnection(HTTPConnection):
 
     oauth_scope: str | None = None
     """OAuth2 scope to ask for, if the identity provider wants one."""
-
-    top_k: int | None = None
-    """vLLM: sample from the k most likely tokens (-1 or None: all)."""
-
-    min_p: float | None = Field(default=None, ge=0, le=1)
-    """vLLM: drop tokens below this fraction of the top token's probability."""
-
-    repetition_penalty: float | None = Field(default=None, gt=0)
-    """vLLM: penalty (>1) on tokens already in the prompt or output."""
-
-    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
-    """Penalty on tokens already present (-2 to 2)."""
-
-    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    """Penalty by how often a token appeared (-2 to 2)."""
-
-    seed: int | None = None
-    """Seed for sampling, for repeatable outputs."""
-
-    extra_body: dict[str, Any] | None = None
-    """Other fields for the request body (for example vLLM's ``structured_outputs``)."""
 
     _backend: ClassVar[str] = BACKEND
     # /health says whether the server can answer (a 5xx, or no answer: down); /models whether
@@ -377,24 +362,6 @@ class _ServerConnection(HTTPConnection):
             return None  # not measured yet, or the server can count: wait for exact
         return chat_bound(prompt, self._bound)
 
-    def _extra_params(self) -> dict[str, Any]:
-        extra = {
-            "top_k": self.top_k,
-            "min_p": self.min_p,
-            "repetition_penalty": self.repetition_penalty,
-            "presence_penalty": self.presence_penalty,
-            "frequency_penalty": self.frequency_penalty,
-            "seed": self.seed,
-        }
-        out = {k: v for k, v in extra.items() if v is not None}
-        out.update(self.extra_body or {})
-        return out
-
-    def _check_extra_body(self, params: dict[str, Any]) -> None:
-        extra = params.get("extra_body")
-        if extra is not None and not isinstance(extra, dict):
-            raise InvalidInputError("extra_body", f"must be a dict; got {type(extra).__name__}")
-
 
 def _count_of(body: Any) -> int:
     try:
@@ -423,18 +390,12 @@ class ChatVLLMServer(_ServerConnection, OpenAIChatOverHTTP):
     def _llm_type(self) -> str:
         return "vllm-server-chat"
 
-    def _check_offline(self, req: ChatRequest) -> None:
-        self._check_extra_body(req.params)
-
     @property
     def lc_secrets(self) -> dict[str, str]:
         return {
             "api_key": "VLLM_API_KEY",
             "oauth_client_secret": "LLM_VLLM_CLIENT_SECRET",
         }
-
-    def _default_params(self) -> dict[str, Any]:
-        return {**super()._default_params(), **self._extra_params()}
 
     # Where a server sends no usage in a stream, count it with /tokenize (exact), if it can.
     def _usage_fallback(self, req: ChatRequest) -> Callable[[str], UsageMetadata | None] | None:
@@ -481,15 +442,9 @@ class VLLMServer(_ServerConnection, MultiLLMCompletionModel):
     def _llm_type(self) -> str:
         return "vllm-server"
 
-    def _check_offline(self, req: CompletionRequest) -> None:
-        self._check_extra_body(req.params)
-
     @property
     def lc_secrets(self) -> dict[str, str]:
         return {"api_key": "VLLM_API_KEY", "oauth_client_secret": "LLM_VLLM_CLIENT_SECRET"}
-
-    def _default_params(self) -> dict[str, Any]:
-        return {**super()._default_params(), **self._extra_params()}
 
     def _generation(
         self, text: str, finish: str, usage: dict[str, Any] | None, model: str
