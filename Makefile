@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: install peers demo test test-unit test-llamacpp test-vllm test-vllm-engine bench-vllm test-notebooks test-embeddings test-tgi test-deepseek test-azure test-gemini test-server lint format bench bench-http bench-serve bench-routing docs record-tgi record-deepseek record-gemini record-azure clean
+.PHONY: install peers jemalloc demo test test-unit test-llamacpp test-vllm test-vllm-engine bench-vllm test-notebooks test-embeddings test-tgi test-deepseek test-azure test-gemini test-server lint format bench bench-http bench-serve bench-routing docs record-tgi record-deepseek record-gemini record-azure clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ install: $(STAMP)
 # The real vLLM CPU server peer: its own venv (.peers/vllm) and SmolLM2 as a Hugging Face folder.
 peers:
 	bash scripts/peers/setup_vllm.sh
+
+# jemalloc for `multillm serve` (its memory comes back after a burst): Debian's libjemalloc2.
+jemalloc:
+	bash scripts/peers/setup_jemalloc.sh
 
 demo: install
 	$(PY) examples/demo.py
@@ -73,11 +77,11 @@ test-gemini: install
 # The gateway (multillm serve) on uvicorn on a free port, with the embedded llama.cpp model and
 # llama_cpp.server behind it, spoken to with the openai SDK, ChatOpenAI and ChatVLLMServer;
 # schemathesis fuzzes it from its own OpenAPI schema.
-test-server: install
+test-server: install jemalloc
 	$(PYTEST) tests/server -m "server"
 
 # ChatVLLMServer / VLLMServer against the real vLLM CPU server, and the gateway in front of it.
-test-vllm: install peers
+test-vllm: install peers jemalloc
 	$(PYTEST) tests/integration_tests tests/contract tests/server -m "vllm_server"
 
 # ChatVLLM / VLLM on the real vLLM engine in-process (CPU build), from the vLLM venv (which has
@@ -121,7 +125,7 @@ $(LITELLM_VENV)/.installed:
 	$(LITELLM_VENV)/bin/python -m pip install -q 'litellm[proxy]==1.108.7'
 	touch $@
 
-bench-serve: install $(LITELLM_VENV)/.installed
+bench-serve: install jemalloc $(LITELLM_VENV)/.installed
 	$(PY) bench/serve.py --litellm $(LITELLM_VENV)/bin/litellm $(BENCH_SERVE_ARGS)
 
 # ChatRouter's own cost per call against the model itself and with_fallbacks (about 2 minutes;

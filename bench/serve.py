@@ -163,6 +163,14 @@ def rss_mb(pid: int) -> float:
     return total / 2**20
 
 
+def allocator_of(pid: int) -> str:
+    """What the process allocates Python objects with (``multillm serve --allocator``)."""
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    if b"PYTHONMALLOC=malloc" not in environ:
+        return "pymalloc"
+    return "jemalloc" if "libjemalloc" in Path(f"/proc/{pid}/maps").read_text() else "malloc"
+
+
 def cpu_s(pid: int) -> float:
     total = 0
     for p in tree(pid):
@@ -492,10 +500,15 @@ async def main(args: argparse.Namespace) -> int:
     )
     gw_port = free_port()
     config = gateway_config(tmp, gw_port, fast, slow, args.streams)
-    gw = start([str(MULTILLM), "serve", "--config", str(config)], tmp / "gateway.log", child_env())
+    gw = start(
+        [str(MULTILLM), "serve", "--config", str(config), "--allocator", args.allocator],
+        tmp / "gateway.log",
+        child_env(),
+    )
     gw_ready = await wait_ready(
         f"http://127.0.0.1:{gw_port}/ready", gw, tmp / "gateway.log", 120, {}
     )
+    gw_allocator = allocator_of(gw.pid)
     targets = [
         Target("direct", f"http://127.0.0.1:{fast}/v1/chat/completions", MODEL, {}, None),
         Target("gateway", f"http://127.0.0.1:{gw_port}/v1/chat/completions", "bench", {}, gw.pid),
@@ -576,7 +589,8 @@ async def main(args: argparse.Namespace) -> int:
     print(
         f"`{' '.join([Path(sys.executable).name, *sys.argv])}`; {os.cpu_count()} CPUs, "
         f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end; Python "
-        f"{platform.python_version()}; gateway: one uvicorn worker ({gateway_version()}); "
+        f"{platform.python_version()}; gateway: one uvicorn worker ({gateway_version()}, "
+        f"on {gw_allocator}); "
         + (f"LiteLLM {lite_version} (`--num_workers 1`); " if lite_version else "")
         + f"{args.duration:g} s per cell after {args.warmup:g} s of warm-up; "
         f"took {(ended - started).total_seconds():.0f} s.\n"
@@ -701,6 +715,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=45.0,
         help="seconds to wait for the gateway's fds to come back (aiohttp closes idle "
         "keep-alive connections 15-30 s after their last use)",
+    )
+    p.add_argument(
+        "--allocator",
+        choices=("auto", "jemalloc", "pymalloc"),
+        default="auto",
+        help="the gateway's memory allocator (multillm serve --allocator)",
     )
     p.add_argument("--litellm", default=str(LITELLM), help="the litellm command")
     p.add_argument("--skip-litellm", action="store_true", help="no LiteLLM (no ratio target)")

@@ -536,16 +536,36 @@ def serve(
     workers: Annotated[
         int | None, typer.Option("--workers", min=1, help="Worker processes (default 1).")
     ] = None,
+    allocator: Annotated[
+        str | None,
+        typer.Option(
+            "--allocator",
+            help="auto (jemalloc where installed, else pymalloc), jemalloc or pymalloc "
+            "(default: server.allocator, auto).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the models over an OpenAI-compatible HTTP API (needs the [server] extra).
 
-    A wrong config exits 2 before the port is bound."""
+    A wrong config exits 2 before the port is bound. Where jemalloc is installed the process
+    re-executes itself on it first (same PID), so memory comes back after a burst."""
     with _errors():
-        from langchain_multillm.server.app import serve as serve_models
+        from langchain_multillm.server.allocator import exec_env, find_jemalloc, reexec
+        from langchain_multillm.server.app import run, serve_config
         from langchain_multillm.server.config import ConfigError
 
         try:
-            serve_models(config, host=host, port=port, workers=workers)
+            loaded = serve_config(
+                config, host=host, port=port, workers=workers, allocator=allocator
+            )
+            env = exec_env(loaded.server.allocator, os.environ, find_jemalloc())
+        except ConfigError as exc:
+            typer.echo(f"error: {_one_line(exc)}", err=True)
+            raise typer.Exit(EXIT_USAGE) from None
+        if env is not None:
+            reexec(env)
+        try:
+            run(loaded, config_path=str(config) if config else None)
         except ConfigError as exc:
             typer.echo(f"error: {_one_line(exc)}", err=True)
             raise typer.Exit(EXIT_USAGE) from None

@@ -20,6 +20,7 @@ import hmac
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -183,6 +184,15 @@ class Metrics:
             replica,
             registry=r,
         )
+        from langchain_multillm.server.allocator import in_use
+
+        allocator = Gauge(
+            "multillm_allocator",
+            "The memory allocator this process runs on (1 for the one in use).",
+            ["allocator"],
+            registry=r,
+        )
+        allocator.labels(in_use()).set(1)
 
 
 # ------------------------------------------------------------------ a served model
@@ -1305,6 +1315,11 @@ def run(config: ServeConfig, *, config_path: str | None = None) -> None:
         "timeout_graceful_shutdown": 10,
     }
     app = create_app(config)
+    from langchain_multillm.server.allocator import in_use
+
+    # the models are built: a config error before this point stays the one line on stderr
+    sys.stderr.write(f"INFO:     memory allocator: {in_use()}\n")
+    sys.stderr.flush()
     if s.workers == 1:
         uvicorn.run(app, **common)
         return
@@ -1318,17 +1333,18 @@ def run(config: ServeConfig, *, config_path: str | None = None) -> None:
     )
 
 
-def serve(
+def serve_config(
     config_path: str | os.PathLike[str] | None = None,
     *,
     host: str | None = None,
     port: int | None = None,
     workers: int | None = None,
-) -> None:
-    """``multillm serve``: the config from ``config_path`` (else the environment), with the
-    command line's overrides, checked before anything is bound (:class:`ConfigError`)."""
+    allocator: str | None = None,
+) -> ServeConfig:
+    """The config ``multillm serve`` runs: from ``config_path`` (else the environment), with
+    the command line's overrides, checked (:class:`ConfigError`). The command then picks its
+    memory allocator (``server/allocator.py``) and calls :func:`run`."""
     from langchain_multillm.server.config import config_from_env, load_config
 
     config = load_config(config_path) if config_path else config_from_env()
-    config = config.with_overrides(host=host, port=port, workers=workers)
-    run(config, config_path=str(config_path) if config_path else None)
+    return config.with_overrides(host=host, port=port, workers=workers, allocator=allocator)

@@ -201,6 +201,11 @@ class ServerSettings(BaseModel):
     access_log: bool = False
     """One log line per request (uvicorn's access log)."""
 
+    allocator: Literal["auto", "jemalloc", "pymalloc"] = "auto"
+    """The memory allocator ``multillm serve`` runs on: ``auto`` is jemalloc where
+    ``libjemalloc.so.2`` is installed (RSS comes back after a burst), else CPython's pymalloc;
+    ``jemalloc`` refuses to start without it (``server/allocator.py``, docs/server.md)."""
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _drop_nulls(cls, keys: Any) -> Any:
@@ -514,11 +519,17 @@ class ServeConfig(BaseModel):
         return redact(text, self.secrets)
 
     def with_overrides(
-        self, *, host: str | None = None, port: int | None = None, workers: int | None = None
+        self,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        workers: int | None = None,
+        allocator: str | None = None,
     ) -> ServeConfig:
         """A copy with command-line overrides, checked again (a public bind needs keys)."""
         server = self.server.model_dump()
-        for key, value in (("host", host), ("port", port), ("workers", workers)):
+        overrides = (("host", host), ("port", port), ("workers", workers), ("allocator", allocator))
+        for key, value in overrides:
             if value is not None:
                 server[key] = value
         data = {**self.model_dump(), "server": server}  # every section carried
@@ -742,9 +753,13 @@ def config_from_env(environ: Mapping[str, str] | None = None) -> ServeConfig:
     }
     if port:
         server["port"] = port
+    allocator = env.get("MULTILLM_ALLOCATOR", "").strip()
+    if allocator:
+        server["allocator"] = allocator
     data = {"server": server, "models": [{"name": served, "model": spec, "params": params}]}
     try:
         return _validate(data, set(keys))
     except ConfigError as exc:
-        field = {"server.port": "LLM_USVC_PORT"}.get(exc.field, exc.field)
+        names = {"server.port": "LLM_USVC_PORT", "server.allocator": "MULTILLM_ALLOCATOR"}
+        field = names.get(exc.field, exc.field)
         raise ConfigError(field, exc.problem) from None
