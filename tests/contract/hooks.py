@@ -51,7 +51,10 @@ COVERAGE: dict[str, tuple[str, ...]] = {
         "test_hooks_without_io_send_nothing",
         "test_far_over_window_is_refused_without_any_generation",
     ),
-    "_allowed_call_params": ("test_call_param_hooks_refuse_by_name_before_sending",),
+    "_allowed_call_params": (
+        "test_call_param_hooks_refuse_by_name_before_sending",
+        "test_sampling_fields_are_call_keys_and_defaults",
+    ),
     "_secrets": (
         "test_secrets_hook_masks_every_error",
         "test_auth_error_never_shows_the_key",
@@ -61,6 +64,7 @@ COVERAGE: dict[str, tuple[str, ...]] = {
     "_backend": ("test_errors_name_the_backend",),
     "_call_params": ("test_call_param_hooks_refuse_by_name_before_sending",),
     "_call_param_hints": ("test_call_param_hooks_refuse_by_name_before_sending",),
+    "_local_call_params": ("test_local_keys_are_never_sent",),
     # ---- chat and completion
     "_llm_type": _CHAT,
     "_chat": (*_CHAT, "test_retries_before_the_first_chunk"),
@@ -84,6 +88,7 @@ COVERAGE: dict[str, tuple[str, ...]] = {
     "_check_offline": ("test_check_offline_refuses_before_anything_is_asked",),
     "_default_params": (
         "test_default_params_are_sent_and_none_left_out",
+        "test_sampling_fields_are_call_keys_and_defaults",
         "test_temperature_zero_is_repeatable",
     ),
     "_format_tools": ("test_format_tools_counts_tools_as_the_peer",),

@@ -303,9 +303,10 @@ ROWS: tuple[Row, ...] = (
         upstream=lambda url: url.removesuffix("/v1"),
         health_route=lambda hit: _get(hit, r"^/health$"),
         secret="contract-vllm-key-51d0",
-        offline_refusal=Refusal("extra_body", call={"extra_body": "not-a-dict"}),
         not_applicable={
             "limits_without_io": "the window is the server's (GET /v1/models max_model_len)",
+            "check_offline": "ChatVLLMServer refuses nothing beyond the common checks (an "
+            "extra_body that is not a dict: the base's call-key check, for every backend)",
             "before_send": NO_BEFORE_SEND,
         },
     ),

@@ -258,6 +258,40 @@ def test_call_param_hooks_refuse_by_name_before_sending(bench: Bench) -> None:
     assert bench.instrument.requests() == 0
 
 
+def _keys(node: Any) -> set[str]:
+    """Every key of a JSON body, at any depth."""
+    if isinstance(node, dict):
+        return set(node).union(*(_keys(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_keys(v) for v in node))
+    return set()
+
+
+def test_local_keys_are_never_sent(bench: Bench) -> None:
+    """The keys a call carries for the package (``context_overflow``, LangChain's ``ls_*``)
+    and the backend's ``_local_call_params`` are left out of what is sent (``_wire_params``),
+    and no request body carries them, on invoke, stream and ainvoke."""
+    model = bench.make()
+    local = set(getattr(type(model), "_local_call_params", frozenset()))
+    wire = getattr(model, "_wire_params", None)
+    if wire is not None:
+        keep = {"temperature": 0.5}
+        sent = wire({**dict.fromkeys(local | {"context_overflow", "ls_contract"}, "x"), **keep})
+        assert sent == keep, f"_wire_params kept {set(sent) - set(keep)}"
+    applies(bench, "http", holds=bench.row.http)
+    assert bench.proxy is not None
+    bench.instrument.reset()
+    model.invoke(Q, context_overflow="raise")
+    list(model.stream(Q, context_overflow="raise"))
+    asyncio.run(model.ainvoke(Q, context_overflow="raise"))
+    bodies = [json.loads(h.body) for h in bench.proxy.log(lambda h: h.generation)]
+    assert len(bodies) == 3
+    for body in bodies:
+        keys = _keys(body)
+        assert "context_overflow" not in keys, body
+        assert not [k for k in keys if k.startswith("ls_")], body
+
+
 # ------------------------------------------------------------------ secrets, headers, key
 
 
@@ -460,6 +494,39 @@ def test_default_params_are_sent_and_none_left_out(bench: Bench) -> None:
     assert "top_p" not in unset._default_params()
     list(unset.stream(Q))
     assert bench.instrument.sampling_sent().get("top_p", "not sent") is not None
+
+
+# A value each sampling mixin's field takes on every backend that declares it.
+MIXINS = ("Seed", "Penalties", "RepetitionPenalty", "TopK", "MinP", "TypicalP", "ExtraBody")
+SAMPLING_VALUES: dict[str, Any] = {
+    "seed": 3,
+    "presence_penalty": 0.5,
+    "frequency_penalty": 0.5,
+    "repetition_penalty": 1.1,
+    "top_k": 5,
+    "min_p": 0.1,
+    "typical_p": 0.9,
+}
+
+
+def test_sampling_fields_are_call_keys_and_defaults(bench: Bench) -> None:
+    """Every sampling field the model declares (its mixins' and its ``_param_fields``) may be
+    set per call (``_allowed_call_params``) and, set on the instance, is in
+    ``_default_params`` (an ``extra_body``: its entries)."""
+    from langchain_multillm import _base
+
+    model = bench.make()
+    mixins = [m for n in MIXINS if isinstance(m := getattr(_base, n, None), type)]
+    fields = {f for m in mixins if isinstance(model, m) for f in m.model_fields}
+    fields |= set(getattr(type(model), "_param_fields", ()))
+    allowed = model._allowed_call_params()
+    assert not fields - allowed, f"fields a call may not set: {sorted(fields - allowed)}"
+    for name in sorted(fields & set(SAMPLING_VALUES)):
+        value = SAMPLING_VALUES[name]
+        assert bench.make(**{name: value})._default_params().get(name) == value, name
+    if "extra_body" in fields:
+        params = bench.make(extra_body={"contract_extra": 1})._default_params()
+        assert params.get("contract_extra") == 1, params
 
 
 def test_format_tools_counts_tools_as_the_peer(bench: Bench) -> None:
