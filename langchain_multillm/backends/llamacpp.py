@@ -19,7 +19,6 @@ import os
 import queue
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
 from dataclasses import dataclass, field
@@ -38,12 +37,14 @@ from langchain_multillm._base import (
     MultiLLMCompletionModel,
     Prompt,
 )
+from langchain_multillm._engines import EngineRegistry
 from langchain_multillm._openai import (
     ChatStream,
     CompletionStream,
     OpenAIToolsMixin,
     to_openai_messages,
 )
+from langchain_multillm._tool_forcing import ForcedTool
 from langchain_multillm.errors import (
     BackendError,
     BackendUnavailableError,
@@ -159,6 +160,14 @@ class _Loaded:
     _mutex: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _worker: threading.Thread | None = field(default=None, repr=False)
 
+    @property
+    def dead(self) -> bool:
+        """A loaded model cannot die underneath (the registry's engine protocol)."""
+        return False
+
+    def shutdown(self) -> None:
+        """Nothing to stop: the model's memory is freed when no instance holds it any more."""
+
     def max_token_bytes(self) -> int:
         """Bytes of the vocabulary's longest token, special tokens included (scanned once, on
         first use: about 0.2 s for a 49K vocabulary)."""
@@ -220,8 +229,10 @@ class _Loaded:
             job.put(_END)
 
 
-_MODELS: dict[tuple[Any, ...], _Loaded] = {}
-_MODELS_LOCK = threading.Lock()
+# The loaded models, one per file and settings (``langchain_multillm._engines``): a model loads
+# once however many callers ask at once, other models load meanwhile, and a failed load is not
+# kept. Instances never give their hold back: a model stays until ``unload_models()``.
+_MODELS: EngineRegistry[_Loaded] = EngineRegistry("llamacpp-load")
 
 
 def _import_llama() -> Any:
@@ -234,55 +245,51 @@ def _import_llama() -> Any:
 
 def load_model(key: tuple[Any, ...], kwargs: dict[str, Any]) -> _Loaded:
     """The shared model for ``key``, loaded on first use."""
-    loaded = _MODELS.get(key)
-    if loaded is not None:
-        return loaded
-    with _MODELS_LOCK:
-        loaded = _MODELS.get(key)
-        if loaded is not None:
-            return loaded
-        llama_cpp = _import_llama()
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+    return _MODELS.acquire(key, lambda: _load(kwargs)).engine
 
-        started = time.perf_counter()
-        try:
-            llama = llama_cpp.Llama(**kwargs)
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise BackendUnavailableError(
-                f"could not load {kwargs['model_path']}: {exc}", backend=BACKEND
-            ) from exc
-        formatter = None
-        template = llama.metadata.get("tokenizer.chat_template")
-        if template:
-            eos, bos = llama.token_eos(), llama.token_bos()
-            formatter = Jinja2ChatFormatter(
-                template=template,
-                eos_token=llama._model.token_get_text(eos) if eos != -1 else "",
-                bos_token=llama._model.token_get_text(bos) if bos != -1 else "",
-                stop_token_ids=[eos],
-            )
-            # Generation and counting go through this one formatter.
-            llama.chat_handler = formatter.to_chat_handler()
-        # llama.cpp may pad the context it allocates, but llama-cpp-python's buffers keep the size
-        # asked for: the usable window is the smaller one.
-        n_ctx = min(int(kwargs["n_ctx"]), int(llama.n_ctx()))
-        loaded = _Loaded(llama, threading.Lock(), formatter, n_ctx, time.perf_counter() - started)
-        if formatter is not None:
 
-            def count(messages: list[dict[str, str]]) -> int:
-                rendered = formatter(messages=messages)  # type: ignore[arg-type]
-                data = rendered.prompt.encode("utf-8")
-                return len(llama.tokenize(data, add_bos=not rendered.added_special, special=True))
+def _load(kwargs: dict[str, Any]) -> _Loaded:
+    """Load one model (slow: reads the GGUF, measures the chat template)."""
+    llama_cpp = _import_llama()
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-            loaded.bound = TemplateBound.measure(count)
-        _MODELS[key] = loaded
-        return loaded
+    started = time.perf_counter()
+    try:
+        llama = llama_cpp.Llama(**kwargs)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise BackendUnavailableError(
+            f"could not load {kwargs['model_path']}: {exc}", backend=BACKEND
+        ) from exc
+    formatter = None
+    template = llama.metadata.get("tokenizer.chat_template")
+    if template:
+        eos, bos = llama.token_eos(), llama.token_bos()
+        formatter = Jinja2ChatFormatter(
+            template=template,
+            eos_token=llama._model.token_get_text(eos) if eos != -1 else "",
+            bos_token=llama._model.token_get_text(bos) if bos != -1 else "",
+            stop_token_ids=[eos],
+        )
+        # Generation and counting go through this one formatter.
+        llama.chat_handler = formatter.to_chat_handler()
+    # llama.cpp may pad the context it allocates, but llama-cpp-python's buffers keep the size
+    # asked for: the usable window is the smaller one.
+    n_ctx = min(int(kwargs["n_ctx"]), int(llama.n_ctx()))
+    loaded = _Loaded(llama, threading.Lock(), formatter, n_ctx, time.perf_counter() - started)
+    if formatter is not None:
+
+        def count(messages: list[dict[str, str]]) -> int:
+            rendered = formatter(messages=messages)  # type: ignore[arg-type]
+            data = rendered.prompt.encode("utf-8")
+            return len(llama.tokenize(data, add_bos=not rendered.added_special, special=True))
+
+        loaded.bound = TemplateBound.measure(count)
+    return loaded
 
 
 def unload_models() -> None:
     """Drop every shared model (their memory is freed when no instance holds them)."""
-    with _MODELS_LOCK:
-        _MODELS.clear()
+    _MODELS.shutdown_all()
 
 
 class _LlamaModel(ModelSurface):
@@ -506,26 +513,14 @@ class _LlamaModel(ModelSurface):
             return False
         from llama_cpp.llama_grammar import LlamaGrammar
 
-        schema = {
-            "anyOf": [
-                {
-                    "type": "object",
-                    "properties": {
-                        "name": {"const": t["function"]["name"]},
-                        "arguments": t["function"].get("parameters") or {"type": "object"},
-                    },
-                    "required": ["name", "arguments"],
-                }
-                for t in tools
-            ]
-        }
+        schema = ForcedTool(tools, None).schema  # {"name", "arguments"} for any of them
         del kwargs["tool_choice"]
         kwargs["grammar"] = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
         return True
 
 
 def _json_to_tool_call(
-    chunks: Iterator[dict[str, Any]], text: list[str]
+    chunks: Iterator[dict[str, Any]], tools: list[dict[str, Any]], text: list[str]
 ) -> Iterator[dict[str, Any]]:
     """Turn a grammar-constrained ``{"name", "arguments"}`` answer into an OpenAI tool call.
 
@@ -543,19 +538,11 @@ def _json_to_tool_call(
         if not choice.get("finish_reason"):
             yield chunk
             continue
-        try:
-            call = json.loads("".join(text))
-            name, args = call["name"], call["arguments"]
-        except (ValueError, KeyError, TypeError):
+        tool_call = ForcedTool(tools, None).call("".join(text))
+        if tool_call is None:
             yield {**chunk, "choices": [{"index": 0, "delta": {"content": "".join(text)}}]}
             yield chunk
             continue
-        tool_call = {
-            "index": 0,
-            "id": f"call_{uuid.uuid4().hex[:24]}",
-            "type": "function",
-            "function": {"name": name, "arguments": json.dumps(args)},
-        }
         yield {**chunk, "choices": [{"index": 0, "delta": {"tool_calls": [tool_call]}}]}
         yield {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}
 
@@ -702,7 +689,7 @@ class ChatLlamaCpp(_LlamaModel, OpenAIToolsMixin):
             lambda: eng.llama.create_chat_completion(messages=messages, stream=True, **kwargs)
         )
         if any_tool:
-            raw = _json_to_tool_call(raw, generated)
+            raw = _json_to_tool_call(raw, req.tools or [], generated)
         elif isinstance(kwargs.get("tool_choice"), dict):
             raw = _named_call_cut(raw)
         yield from state.run(raw)

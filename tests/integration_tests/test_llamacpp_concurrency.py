@@ -350,10 +350,10 @@ def test_a_file_that_is_not_gguf_is_refused_at_construction(tmp_path: Path) -> N
     readme = Path(__file__).resolve().parents[2] / "README.md"
     empty = tmp_path / "empty.gguf"
     empty.write_bytes(b"")
-    before = dict(llamacpp._MODELS)
+    before = llamacpp._MODELS.engines()
     for cls, path in ((ChatLlamaCpp, readme), (LlamaCpp, readme), (ChatLlamaCpp, empty)):
         with pytest.raises(ValidationError, match=r"model_path: .* is not a GGUF file") as info:
             cls(model_path=str(path))
         cause = info.value.errors()[0]["ctx"]["error"]
         assert isinstance(cause, InvalidInputError) and cause.field == "model_path"
-    assert before == llamacpp._MODELS  # nothing loaded
+    assert before == llamacpp._MODELS.engines()  # nothing loaded

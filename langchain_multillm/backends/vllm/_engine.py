@@ -18,6 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
+from langchain_multillm._engines import EngineRegistry, Lease
 from langchain_multillm.errors import (
     BackendUnavailableError,
     BadRequestError,
@@ -58,13 +59,12 @@ def _vllm() -> Any:
 
 class EngineHandle:
     """One ``AsyncLLM`` and the event-loop thread it lives on, shared by every model instance
-    with the same engine settings. Refcounted: :meth:`acquire` / :meth:`release`; the last
-    release shuts the engine down."""
+    with the same engine settings (the registry, :data:`REGISTRY`, hands out leases on it;
+    the last lease released shuts it down)."""
 
     def __init__(self, key: tuple[Any, ...], engine_args: dict[str, Any]) -> None:
         self.key = key
         self.engine_args = engine_args
-        self.refs = 0
         self.closed = False
         self.llm: Any = None
         self.max_model_len: int = 0
@@ -136,19 +136,10 @@ class EngineHandle:
             self.default_sampling = {}
         self.bound = TemplateBound.measure(self.count_messages)
 
-    def acquire(self) -> None:
-        """One more holder (called under the registry's lock, by :func:`get_engine`)."""
-        self.refs += 1
-
-    def release(self) -> None:
-        """One holder less; the last one takes the engine out of the registry and stops it."""
-        with _ENGINES_LOCK:
-            self.refs = max(0, self.refs - 1)
-            last = self.refs == 0
-            if last and _ENGINES.get(self.key) is self:
-                del _ENGINES[self.key]
-        if last:
-            self.shutdown()
+    @property
+    def refs(self) -> int:
+        """How many leases hold this engine."""
+        return REGISTRY.holders(self)
 
     def shutdown(self) -> None:
         """Stop the engine (its worker processes exit) and its loop thread."""
@@ -375,82 +366,39 @@ class EngineHandle:
         return len(token_ids)
 
 
-_ENGINES: dict[tuple[Any, ...], EngineHandle] = {}
-_ENGINES_LOCK = threading.Lock()
-# Engines being started, by key: others asking for the same key wait for the one start; the
-# registry's lock is not held while a model loads (minutes).
-_STARTING: dict[tuple[Any, ...], threading.Event] = {}
+# The engines of this process, one per engine settings (``langchain_multillm._engines``: one
+# start per key, outside the registry's lock; a failed start is not kept; leases).
+REGISTRY: EngineRegistry[EngineHandle] = EngineRegistry("vllm-engine")
+
+
+def _start(key: tuple[Any, ...], engine_args: dict[str, Any]) -> EngineHandle:
+    handle = EngineHandle(key, engine_args)
+    try:
+        handle.start()
+    except BaseException:
+        handle.shutdown()
+        raise
+    return handle
 
 
 def _drop(handle: EngineHandle) -> None:
-    with _ENGINES_LOCK:
-        if _ENGINES.get(handle.key) is handle:
-            del _ENGINES[handle.key]
+    REGISTRY.drop(handle)
 
 
-def get_engine(key: tuple[Any, ...], engine_args: dict[str, Any]) -> EngineHandle:
-    """The shared engine for ``key``, started on first use (a dead one is replaced), with one
-    more holder counted: give it back with :meth:`EngineHandle.release`."""
-    while True:
-        dead: EngineHandle | None = None
-        with _ENGINES_LOCK:
-            handle = _ENGINES.get(key)
-            if handle is not None and not handle.dead:
-                handle.acquire()
-                return handle
-            if handle is not None:  # died underneath: clean up, then start a fresh one
-                dead = _ENGINES.pop(key)
-            starting = _STARTING.get(key)
-            mine = starting is None
-            if mine:
-                starting = _STARTING[key] = threading.Event()
-        if dead is not None:
-            dead.shutdown()
-        assert starting is not None
-        if not mine:
-            starting.wait()  # the one start of this key ended (either way): look again
-            continue
-        handle = EngineHandle(key, engine_args)
-        try:
-            handle.start()
-        except BaseException:
-            handle.shutdown()
-            with _ENGINES_LOCK:
-                _STARTING.pop(key).set()
-            raise
-        with _ENGINES_LOCK:
-            _ENGINES[key] = handle
-            handle.acquire()
-            _STARTING.pop(key).set()
-        return handle
+def get_engine(key: tuple[Any, ...], engine_args: dict[str, Any]) -> Lease[EngineHandle]:
+    """A lease on the shared engine for ``key``, started on first use (a dead one is
+    replaced): give it back with :meth:`~langchain_multillm._engines.Lease.release`."""
+    return REGISTRY.acquire(key, lambda: _start(key, engine_args))
 
 
 def engines() -> list[EngineHandle]:
     """The engines running in this process."""
-    with _ENGINES_LOCK:
-        return list(_ENGINES.values())
+    return REGISTRY.engines()
 
 
 def shutdown_engines() -> None:
     """Shut every engine of this process down, whoever holds it (their memory is freed)."""
-    with _ENGINES_LOCK:
-        handles = list(_ENGINES.values())
-        _ENGINES.clear()
-    for handle in handles:
-        handle.shutdown()
+    REGISTRY.shutdown_all()
 
 
 atexit.register(shutdown_engines)
-
-
-class _Lease:
-    """One model instance's hold on an engine; releasing is idempotent (copies share it)."""
-
-    def __init__(self, handle: EngineHandle) -> None:
-        self.handle = handle  # already counted by get_engine
-        self.released = False
-
-    def release(self) -> None:
-        if not self.released:
-            self.released = True
-            self.handle.release()

@@ -14,18 +14,18 @@ from typing import Any, ClassVar
 from pydantic import Field, PrivateAttr, model_validator
 
 from langchain_multillm._base import ModelSurface, Prompt
+from langchain_multillm._engines import Lease
 from langchain_multillm._openai import to_openai_messages
+from langchain_multillm._tool_forcing import forced_tool
 from langchain_multillm.backends.vllm._engine import (
-    _ENGINES,
-    _ENGINES_LOCK,
     BACKEND,
+    REGISTRY,
     EngineHandle,
-    _Lease,
     _require_vllm,
     get_engine,
     sampling_fields,
 )
-from langchain_multillm.backends.vllm._tools import _response_format, _tool_plan
+from langchain_multillm.backends.vllm._tools import _response_format
 from langchain_multillm.errors import (
     BackendError,
     IncompleteResponseError,
@@ -106,7 +106,7 @@ class _VLLMEngineModel(ModelSurface):
         _INTERNAL_FIELDS - _LOCAL_KEYS,
         "is set by this package (one answer per input, streamed or not)",
     )
-    _lease: _Lease | None = PrivateAttr(default=None)
+    _lease: Lease[EngineHandle] | None = PrivateAttr(default=None)
     _lease_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     def _allowed_call_params(self) -> frozenset[str]:
@@ -171,9 +171,9 @@ class _VLLMEngineModel(ModelSurface):
             with self._lease_lock:  # one lease per instance, however many threads ask at once
                 lease = self._lease
                 if lease is None or lease.released:
-                    lease = _Lease(get_engine(self._engine_key(), self._engine_args()))
+                    lease = get_engine(self._engine_key(), self._engine_args())
                     self._lease = lease
-        return lease.handle
+        return lease.engine
 
     def load(self) -> Any:
         """Start (or join) the engine now instead of on the first call; returns ``self``."""
@@ -193,9 +193,8 @@ class _VLLMEngineModel(ModelSurface):
         """The engine if it runs already (never starts one)."""
         lease = self._lease
         if lease is not None and not lease.released:
-            return lease.handle
-        with _ENGINES_LOCK:
-            return _ENGINES.get(self._engine_key())
+            return lease.engine
+        return REGISTRY.get(self._engine_key())
 
     # ---- one request ----
     def _plan(self, req: Any) -> Any:
@@ -354,7 +353,7 @@ class _VLLMEngineModel(ModelSurface):
         if params.get("structured_outputs") is not None:
             _structured(params["structured_outputs"])
         if chat:
-            _tool_plan(params, tools)
+            forced_tool(params.get("tool_choice"), tools)
             _response_format(params.get("response_format"))
 
     def _check_model(self, params: dict[str, Any]) -> None:

@@ -1,61 +1,14 @@
 """Tool calls and structured output on in-process vLLM: forced calls decoded over the
-tools' schemas (:class:`_ToolPlan`), unforced ones read by one of vLLM's tool parsers
-(:class:`_ParsedTools`), and ``response_format`` as vLLM's structured outputs."""
+tools' schemas (:mod:`langchain_multillm._tool_forcing`, shared with llama.cpp), unforced ones
+read by one of vLLM's tool parsers (:class:`_ParsedTools`), and ``response_format`` as vLLM's
+structured outputs."""
 
 from __future__ import annotations
 
-import json
-import uuid
 from typing import Any
 
+from langchain_multillm._tool_forcing import ForcedTool, call_id
 from langchain_multillm.errors import InvalidInputError
-
-
-class _ToolPlan:
-    """How a forced tool call is decoded: one named tool (its parameters' schema) or any of
-    several (``{"name", "arguments"}`` over their schemas)."""
-
-    def __init__(self, tools: list[dict[str, Any]], name: str | None) -> None:
-        self.name = name
-        fns = [t["function"] for t in tools if "function" in t]
-        if name is not None:
-            fn = next((f for f in fns if f["name"] == name), None)
-            if fn is None:
-                raise InvalidInputError("tool_choice", f"names no bound tool: {name!r}")
-            self.schema = fn.get("parameters") or {"type": "object", "properties": {}}
-        else:
-            self.schema = {
-                "anyOf": [
-                    {
-                        "type": "object",
-                        "properties": {
-                            "name": {"const": f["name"]},
-                            "arguments": f.get("parameters") or {"type": "object"},
-                        },
-                        "required": ["name", "arguments"],
-                    }
-                    for f in fns
-                ]
-            }
-
-    def call(self, text: str) -> dict[str, Any] | None:
-        """The OpenAI tool call the generated JSON stands for, or None if it is not one."""
-        try:
-            data = json.loads(text)
-        except ValueError:
-            return None
-        if self.name is not None:
-            name, args = self.name, data
-        elif isinstance(data, dict) and "name" in data and "arguments" in data:
-            name, args = data["name"], data["arguments"]
-        else:
-            return None
-        return {
-            "index": 0,
-            "id": f"call_{uuid.uuid4().hex[:24]}",
-            "type": "function",
-            "function": {"name": name, "arguments": json.dumps(args)},
-        }
 
 
 class _ParsedTools:
@@ -99,7 +52,7 @@ class _ParsedTools:
         calls = [
             {
                 "index": i,
-                "id": getattr(tc, "id", None) or f"call_{uuid.uuid4().hex[:24]}",
+                "id": getattr(tc, "id", None) or call_id(),
                 "type": "function",
                 "function": {"name": tc.function.name, "arguments": tc.function.arguments},
             }
@@ -108,25 +61,8 @@ class _ParsedTools:
         return info.content or "", calls
 
 
-def _tool_plan(params: dict[str, Any], tools: list[dict[str, Any]] | None) -> _ToolPlan | None:
-    choice = params.get("tool_choice")
-    if not tools or choice in (None, "auto", "none"):
-        return None
-    names = [t["function"]["name"] for t in tools if "function" in t]
-    if choice == "required":
-        return _ToolPlan(tools, names[0] if len(names) == 1 else None)
-    if isinstance(choice, dict):
-        name = (choice.get("function") or {}).get("name")
-        if name:
-            return _ToolPlan(tools, name)
-    if isinstance(choice, str) and choice in names:
-        return _ToolPlan(tools, choice)
-    raise InvalidInputError(
-        "tool_choice", f"must be auto, none, required or a tool; got {choice!r}"
-    )
-
-
-_Plan = _ToolPlan | _ParsedTools | None
+# A chat request's tool calls: forced (decoded under a schema), parsed, or none.
+_Plan = ForcedTool | _ParsedTools | None
 
 
 def _response_format(rf: Any) -> dict[str, Any] | None:

@@ -10,6 +10,7 @@ from langchain_core.outputs import ChatGenerationChunk, ChatResult
 
 from langchain_multillm._base import ChatRequest
 from langchain_multillm._openai import ChatStream, OpenAIToolsMixin, to_openai_messages
+from langchain_multillm._tool_forcing import forced_tool
 from langchain_multillm.backends.vllm._engine import BACKEND, EngineHandle
 from langchain_multillm.backends.vllm._model import (
     _CHAT_ONLY,
@@ -23,7 +24,6 @@ from langchain_multillm.backends.vllm._tools import (
     _ParsedTools,
     _Plan,
     _response_format,
-    _tool_plan,
 )
 
 
@@ -67,7 +67,7 @@ class ChatVLLM(_VLLMEngineModel, OpenAIToolsMixin):
     # ---- one request ----
     def _plan(self, req: ChatRequest) -> tuple[EngineHandle, Any, _Plan]:
         self._check_model(req.params)
-        forced = _tool_plan(req.params, req.tools)
+        forced = forced_tool(req.params.get("tool_choice"), req.tools)
         plan: _Plan = forced
         rf = _response_format(req.params.get("response_format"))
         eng = self.engine
