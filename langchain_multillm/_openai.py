@@ -58,7 +58,7 @@ from langchain_multillm.errors import (
 __all__ = [
     "ChatStream",
     "OpenAIChatOverHTTP",
-    "OpenAIToolsMixin",
+    "ToolsAndStructuredOutputMixin",
     "aiter_sse",
     "chat_payload",
     "chat_result",
@@ -491,8 +491,11 @@ class CompletionStream(_StreamState):
 StructuredMethod = Literal["json_schema", "function_calling", "json_mode"]
 
 
-class OpenAIToolsMixin(MultiLLMChatModel):
-    """``bind_tools`` and ``with_structured_output`` for backends that speak the OpenAI format."""
+class ToolsAndStructuredOutputMixin(MultiLLMChatModel):
+    """``bind_tools`` and ``with_structured_output`` for any chat backend (Azure, Gemini,
+    llama.cpp, in-process vLLM, and every :class:`OpenAIChatOverHTTP`): tools are bound in the
+    OpenAI tool format, LangChain's common one, and a backend whose API takes another (Gemini)
+    converts them where it builds its request."""
 
     default_structured_method: StructuredMethod = "json_schema"
     """How ``with_structured_output`` asks for structure when no method is given."""
@@ -615,7 +618,7 @@ class OpenAIToolsMixin(MultiLLMChatModel):
 # ------------------------------------------------------------------ chat over HTTP
 
 
-class OpenAIChatOverHTTP(HTTPConnection, OpenAIToolsMixin):
+class OpenAIChatOverHTTP(HTTPConnection, ToolsAndStructuredOutputMixin):
     """A chat model that posts OpenAI chat bodies over an :class:`HTTPConnection`.
 
     A backend names its URL (``_chat_url``, required) and may reshape the body

@@ -39,7 +39,7 @@ from langchain_multillm._base import ChatRequest, Penalties, Prompt, Seed
 from langchain_multillm._http import check_url, openai_aiohttp_client
 from langchain_multillm._openai import (
     ChatStream,
-    OpenAIToolsMixin,
+    ToolsAndStructuredOutputMixin,
     chat_payload,
     chat_result,
     to_openai_messages,
@@ -302,7 +302,7 @@ def _dump(obj: Any) -> dict[str, Any]:
     return dumped
 
 
-class ChatAzureOpenAI(Penalties, Seed, OpenAIToolsMixin):
+class ChatAzureOpenAI(Penalties, Seed, ToolsAndStructuredOutputMixin):
     """Chat with an Azure OpenAI deployment.
 
     Example:

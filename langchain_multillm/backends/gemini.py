@@ -50,7 +50,7 @@ from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_valid
 
 from langchain_multillm._base import ChatRequest, Prompt, Seed, TopK
 from langchain_multillm._http import check_url
-from langchain_multillm._openai import OpenAIToolsMixin, StructuredMethod
+from langchain_multillm._openai import StructuredMethod, ToolsAndStructuredOutputMixin
 from langchain_multillm.errors import (
     AuthenticationError,
     ContentFilteredError,
@@ -390,7 +390,7 @@ class _Answer:
 # ------------------------------------------------------------------ the model
 
 
-class ChatGemini(TopK, Seed, OpenAIToolsMixin):
+class ChatGemini(TopK, Seed, ToolsAndStructuredOutputMixin):
     """Chat with Google's Gemini models (the Gemini API, through google-genai).
 
     Example:

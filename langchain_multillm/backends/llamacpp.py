@@ -41,7 +41,7 @@ from langchain_multillm._engines import EngineRegistry
 from langchain_multillm._openai import (
     ChatStream,
     CompletionStream,
-    OpenAIToolsMixin,
+    ToolsAndStructuredOutputMixin,
     to_openai_messages,
 )
 from langchain_multillm._tool_forcing import ForcedTool
@@ -634,7 +634,7 @@ async def _aconsume(
         job.cancel()
 
 
-class ChatLlamaCpp(_LlamaModel, OpenAIToolsMixin):
+class ChatLlamaCpp(_LlamaModel, ToolsAndStructuredOutputMixin):
     """Chat with a local GGUF model, in-process (llama.cpp).
 
     Example:

@@ -9,7 +9,7 @@ from langchain_core.language_models.chat_models import agenerate_from_stream
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 
 from langchain_multillm._base import ChatRequest
-from langchain_multillm._openai import ChatStream, OpenAIToolsMixin, to_openai_messages
+from langchain_multillm._openai import ChatStream, ToolsAndStructuredOutputMixin, to_openai_messages
 from langchain_multillm._tool_forcing import forced_tool
 from langchain_multillm.backends.vllm._engine import BACKEND, EngineHandle
 from langchain_multillm.backends.vllm._model import (
@@ -27,7 +27,7 @@ from langchain_multillm.backends.vllm._tools import (
 )
 
 
-class ChatVLLM(_VLLMEngineModel, OpenAIToolsMixin):
+class ChatVLLM(_VLLMEngineModel, ToolsAndStructuredOutputMixin):
     """Chat with a model on vLLM's engine in this process (the model's own chat template).
 
     Example:
