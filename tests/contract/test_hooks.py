@@ -258,6 +258,16 @@ def test_call_param_hooks_refuse_by_name_before_sending(bench: Bench) -> None:
     assert bench.instrument.requests() == 0
 
 
+def _values(node: Any, names: set[str]) -> list[Any]:
+    """The values of the keys ``names`` in a JSON body, at any depth."""
+    if isinstance(node, dict):
+        here = [v for k, v in node.items() if k in names]
+        return here + [x for v in node.values() for x in _values(v, names)]
+    if isinstance(node, list):
+        return [x for v in node for x in _values(v, names)]
+    return []
+
+
 def _keys(node: Any) -> set[str]:
     """Every key of a JSON body, at any depth."""
     if isinstance(node, dict):
@@ -512,7 +522,9 @@ SAMPLING_VALUES: dict[str, Any] = {
 def test_sampling_fields_are_call_keys_and_defaults(bench: Bench) -> None:
     """Every sampling field the model declares (its mixins' and its ``_param_fields``) may be
     set per call (``_allowed_call_params``) and, set on the instance, is in
-    ``_default_params`` (an ``extra_body``: its entries)."""
+    ``_default_params`` (an ``extra_body``: its entries; one that is not a dict is refused
+    with nothing sent) and in the body sent (under its name, or camelCase); nothing in
+    ``_default_params`` is a key a call may not carry."""
     from langchain_multillm import _base
 
     model = bench.make()
@@ -527,6 +539,23 @@ def test_sampling_fields_are_call_keys_and_defaults(bench: Bench) -> None:
     if "extra_body" in fields:
         params = bench.make(extra_body={"contract_extra": 1})._default_params()
         assert params.get("contract_extra") == 1, params
+        bench.instrument.reset()
+        err = refused(lambda: model.invoke(Q, extra_body="not-a-dict"))
+        assert "extra_body" in str(err), str(err)
+        assert bench.instrument.requests() == 0
+    settings = {n: SAMPLING_VALUES[n] for n in fields & set(SAMPLING_VALUES)}
+    full = bench.make(**settings)
+    assert set(full._default_params()) <= allowed, set(full._default_params()) - allowed
+    if not (settings and bench.row.http):
+        return  # in-process: no body to look into (the engine's own names)
+    assert bench.proxy is not None
+    bench.instrument.reset()
+    full.invoke(Q)
+    (hit,) = bench.proxy.log(lambda h: h.generation)
+    body = json.loads(hit.body)
+    for name, value in settings.items():
+        camel = name.split("_")[0] + "".join(w.title() for w in name.split("_")[1:])
+        assert _values(body, {name, camel}) == [value], f"{name}: sent as {body}"
 
 
 def test_format_tools_counts_tools_as_the_peer(bench: Bench) -> None:
