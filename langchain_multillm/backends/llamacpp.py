@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
 from langchain_core.messages.ai import UsageMetadata
@@ -33,9 +33,13 @@ from pydantic import AliasChoices, Field, PrivateAttr, model_validator
 from langchain_multillm._base import (
     ChatRequest,
     CompletionRequest,
+    MinP,
     ModelSurface,
     MultiLLMCompletionModel,
     Prompt,
+    RepetitionPenalty,
+    Seed,
+    TopK,
 )
 from langchain_multillm._engines import EngineRegistry
 from langchain_multillm._openai import (
@@ -292,7 +296,7 @@ def unload_models() -> None:
     _MODELS.shutdown_all()
 
 
-class _LlamaModel(ModelSurface):
+class _LlamaModel(ModelSurface, TopK, MinP, RepetitionPenalty, Seed):
     """The GGUF file, its settings, and what both classes share."""
 
     model_path: str = Field(
@@ -312,19 +316,10 @@ class _LlamaModel(ModelSurface):
     n_gpu_layers: int = 0
     """Layers to offload to a GPU (-1: all), where llama.cpp was built with one."""
 
-    top_k: int | None = None
-    """Sample from the k most likely tokens."""
-
-    min_p: float | None = Field(default=None, ge=0, le=1)
-    """Drop tokens below this fraction of the top token's probability."""
-
     repetition_penalty: float | None = Field(
         default=None, gt=0, validation_alias=AliasChoices("repetition_penalty", "repeat_penalty")
     )
     """Penalty (>1) on repeated tokens (llama.cpp's ``repeat_penalty``, also taken by that name)."""
-
-    seed: int | None = None
-    """Seed for sampling."""
 
     cache_prompt: bool = False
     """Reuse the KV cache of the previous generation's matching prompt prefix (faster for long
@@ -335,6 +330,7 @@ class _LlamaModel(ModelSurface):
     """Other ``llama_cpp.Llama`` arguments (e.g. ``flash_attn``, ``use_mlock``)."""
 
     _loaded: _Loaded | None = PrivateAttr(default=None)
+    _local_call_params: ClassVar[frozenset[str]] = frozenset({"model"})  # one GGUF: not sent
 
     @model_validator(mode="after")
     def _check_path(self) -> _LlamaModel:
@@ -467,29 +463,10 @@ class _LlamaModel(ModelSurface):
             detail=detail,
         )
 
-    def _llama_params(self, params: dict[str, Any], *, chat: bool) -> dict[str, Any]:
-        defaults = {
-            "top_k": self.top_k,
-            "min_p": self.min_p,
-            "repeat_penalty": self.repetition_penalty,
-            "seed": self.seed,
-        }
-        out = {k: v for k, v in defaults.items() if v is not None}
-        unknown: list[str] = []
-        for key, value in params.items():
-            if key in ("model",) or key.startswith("ls_"):
-                continue
-            if key in _SAMPLING:
-                out[_SAMPLING[key]] = value
-            elif chat and key in _CHAT_ONLY:
-                out[key] = value
-            else:
-                unknown.append(key)
-        if unknown:
-            allowed = sorted(set(_SAMPLING) | (_CHAT_ONLY if chat else set()))
-            raise InvalidInputError(
-                ", ".join(sorted(unknown)), f"not a llama.cpp setting; allowed: {allowed}"
-            )
+    def _llama_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A checked request's parameters (the instance's settings and the call's; ``_start``
+        refused any key this class does not take) in llama.cpp's names."""
+        out = {_SAMPLING.get(k, k): v for k, v in self._wire_params(params).items()}
         rf = out.get("response_format")
         if isinstance(rf, dict) and rf.get("type") == "json_schema":
             # llama.cpp constrains decoding to a schema given as json_object + schema.
@@ -666,7 +643,7 @@ class ChatLlamaCpp(_LlamaModel, ToolsAndStructuredOutputMixin):
     def _gen(self, req: ChatRequest) -> Iterator[ChatGenerationChunk]:
         """The whole generation, as the engine's worker runs it (counting included)."""
         eng = self.engine
-        kwargs = self._llama_params(req.params, chat=True)
+        kwargs = self._llama_params(req.params)
         messages = _text_messages(req.messages)
         prompt_tokens = len(self._chat_tokens(Prompt(messages=req.messages, tools=req.tools)))
         any_tool = False
@@ -727,7 +704,7 @@ class LlamaCpp(_LlamaModel, MultiLLMCompletionModel):
     def _gen(self, req: CompletionRequest) -> Iterator[GenerationChunk]:
         """The whole generation, as the engine's worker runs it (counting included)."""
         eng = self.engine
-        kwargs = self._llama_params(req.params, chat=False)
+        kwargs = self._llama_params(req.params)
         prompt_tokens = self._tokens(req.prompt, prompt=True)
         if prompt_tokens == 0:  # llama.cpp would fail an assertion: nothing to continue from
             raise InvalidInputError(

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, PrivateAttr, model_validator
 
-from langchain_multillm._base import ModelSurface, Prompt
+from langchain_multillm._base import ModelSurface, Prompt, is_local
 from langchain_multillm._engines import Lease
 from langchain_multillm._openai import to_openai_messages
 from langchain_multillm._tool_forcing import forced_tool
@@ -48,9 +48,11 @@ _INTERNAL_FIELDS = {
     "structured_outputs",
 }
 _CHAT_ONLY = {"response_format", "tool_choice", "parallel_tool_calls"}
-# Handled by the call itself: structured_outputs (a dict of vLLM's StructuredOutputsParams:
-# json, regex, choice, grammar, ...) becomes the request's structured decoding.
-_LOCAL_KEYS = {"model", "ls_structured_output_format", "structured_outputs"}
+# Handled by the call itself, never sent as they are (besides the package's own keys,
+# ``_base.LOCAL_CALL_PARAMS`` and ``ls_*``): structured_outputs (a dict of vLLM's
+# StructuredOutputsParams: json, regex, choice, grammar, ...) becomes the request's structured
+# decoding.
+_LOCAL_KEYS = frozenset({"model", "structured_outputs"})
 
 
 class _VLLMEngineModel(ModelSurface):
@@ -102,6 +104,7 @@ class _VLLMEngineModel(ModelSurface):
     """Seed for sampling, for repeatable outputs."""
 
     _backend: ClassVar[str] = BACKEND
+    _local_call_params: ClassVar[frozenset[str]] = _LOCAL_KEYS
     _call_param_hints: ClassVar[dict[str, str]] = dict.fromkeys(
         _INTERNAL_FIELDS - _LOCAL_KEYS,
         "is set by this package (one answer per input, streamed or not)",
@@ -322,7 +325,7 @@ class _VLLMEngineModel(ModelSurface):
         out: dict[str, Any] = {}
         unknown: list[str] = []
         for key, value in params.items():
-            if key in _LOCAL_KEYS or key.startswith("ls_") or (chat and key in _CHAT_ONLY):
+            if is_local(key) or key in _LOCAL_KEYS or (chat and key in _CHAT_ONLY):
                 continue
             name = _SAMPLING_ALIASES.get(key, key)
             if name in allowed:
