@@ -16,9 +16,11 @@ from langchain_multillm import (
     ChatAzureOpenAI,
     ChatDeepSeek,
     ChatGemini,
+    ChatLlamaCpp,
     ChatTGI,
     ChatVLLMServer,
     InvalidInputError,
+    LlamaCpp,
     VLLMServer,
 )
 from langchain_multillm._base import (
@@ -132,6 +134,8 @@ EXPECTED = {
     ChatDeepSeek: {"presence_penalty", "frequency_penalty"},
     ChatAzureOpenAI: {"seed", "presence_penalty", "frequency_penalty"},
     ChatGemini: {"seed", "top_k"},
+    ChatLlamaCpp: {"seed", "repetition_penalty", "top_k", "min_p"},
+    LlamaCpp: {"seed", "repetition_penalty", "top_k", "min_p"},
 }
 
 
