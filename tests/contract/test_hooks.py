@@ -94,15 +94,17 @@ def refused(run: Any) -> InvalidInputError:
     return info.value
 
 
-def entry_points(model: Any, prompt: Any, **kw: Any) -> dict[str, Any]:
-    """Every way to call a chat model, each a thunk."""
+def entry_points(chat_model: Any, prompt: Any, /, **kw: Any) -> dict[str, Any]:
+    """Every way to call a chat model, each a thunk (positional-only: a call key may be named
+    ``model`` or ``prompt``)."""
+    m = chat_model
     return {
-        "invoke": lambda: model.invoke(prompt, **kw),
-        "ainvoke": lambda: asyncio.run(model.ainvoke(prompt, **kw)),
-        "stream": lambda: list(model.stream(prompt, **kw)),
-        "astream": lambda: asyncio.run(acollect(model.astream(prompt, **kw))),
-        "batch": lambda: model.batch([prompt], **kw),
-        "abatch": lambda: asyncio.run(model.abatch([prompt], **kw)),
+        "invoke": lambda: m.invoke(prompt, **kw),
+        "ainvoke": lambda: asyncio.run(m.ainvoke(prompt, **kw)),
+        "stream": lambda: list(m.stream(prompt, **kw)),
+        "astream": lambda: asyncio.run(acollect(m.astream(prompt, **kw))),
+        "batch": lambda: m.batch([prompt], **kw),
+        "abatch": lambda: asyncio.run(m.abatch([prompt], **kw)),
     }
 
 
