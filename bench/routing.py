@@ -3,10 +3,10 @@
 
 Two settings:
 
-* **in-process**: models of this package that answer at once (a backend whose ``_chat``
-  returns a fixed answer), so the difference is the router's own work: its fit check (decided
-  by the cheap bound: the run checks that no exact count ran), breaker and strategy
-  bookkeeping, and the call through the candidate's hooks;
+* **in-process**: models of this package that answer at once (a backend whose ``_chat`` and
+  native ``_achat`` return a fixed answer), so the difference is the router's own work: its fit
+  check (decided by the cheap bound: the run checks that no exact count ran), breaker and
+  strategy bookkeeping, and the call through the candidate's hooks;
 * **over HTTP**: ``ChatVLLMServer`` against ``bench/fake_openai_server.py`` (a vLLM look-alike
   that answers at once, in its own process on a free port of 127.0.0.1), the router over two
   replicas of it.
@@ -74,6 +74,11 @@ class Instant(MultiLLMChatModel):
 
     def _chat(self, req: ChatRequest) -> ChatResult:
         return ChatResult(generations=[ChatGeneration(message=AIMessage("Rivers run."))])
+
+    async def _achat(self, req: ChatRequest) -> ChatResult:
+        # native, as every async backend writes it: the default twin hops a thread, whose
+        # wake-up jitter (tens of µs) would swamp the router's own cost on both sides
+        return self._chat(req)
 
     def _chat_stream(self, req: ChatRequest) -> Iterator[ChatGenerationChunk]:
         for word in ("Rivers", " run", "."):
