@@ -346,7 +346,7 @@ async def many_streams(
 ) -> StreamsResult:
     """``n`` streams opened at once through the gateway; its fds and RSS before, at the peak and
     after (fds polled until back at the count before, up to ``settle_timeout`` s: the gateway's
-    idle keep-alive connections to the upstream expire after aiohttp's 15 s)."""
+    idle keep-alive connections to the upstream expire after the session's 4 s keep-alive)."""
     pid = target.pid
     assert pid is not None
     async with aiohttp.ClientSession() as s, s.get(f"{upstream}/_stats/reset") as r:
@@ -714,7 +714,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=45.0,
         help="seconds to wait for the gateway's fds to come back (aiohttp closes idle "
-        "keep-alive connections 15-30 s after their last use)",
+        "keep-alive connections 4-8 s after their last use)",
     )
     p.add_argument(
         "--allocator",

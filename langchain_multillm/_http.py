@@ -305,6 +305,11 @@ async def _aio_text(resp: aiohttp.ClientResponse) -> AsyncIterator[str]:
 # Connections the shared async session keeps open to one host (httpx's default cap, and what
 # this package gave each model's httpx client before).
 MAX_CONNECTIONS_PER_HOST = 100
+# Seconds an idle connection is kept for reuse: under uvicorn's 5 s (vLLM's server, TGI's
+# router and this package's gateway close idle keep-alive connections then). aiohttp's default
+# (15 s) reuses a connection the server has already closed: the request then fails with
+# "Server disconnected" before the server ever reads it.
+KEEPALIVE_S = 4.0
 
 _SESSIONS: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
 _SESSIONS_LOCK = threading.Lock()
@@ -343,6 +348,7 @@ def _session() -> aiohttp.ClientSession:
             connector=aiohttp.TCPConnector(
                 limit=0,
                 limit_per_host=MAX_CONNECTIONS_PER_HOST,
+                keepalive_timeout=KEEPALIVE_S,
                 ssl=_ssl_context(True),  # a request may name its own (verify_ssl=False)
             ),
             cookie_jar=aiohttp.DummyCookieJar(),

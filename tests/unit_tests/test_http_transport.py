@@ -113,8 +113,8 @@ class Upstream:
         self.headers = dict(request.headers)
         if scenario == "slow":
             await asyncio.sleep(3)
-        assert request.transport is not None
-        request.transport.abort()
+        if request.transport is not None:  # None: the client timed out and left already
+            request.transport.abort()
         return web.Response()
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
@@ -663,3 +663,93 @@ def test_mapping_keeps_the_types_of_bad_request() -> None:
     assert isinstance(e.from_aiohttp_error(aiohttp.InvalidURL("x")), BadRequestError)
     assert isinstance(e.from_aiohttp_error(aiohttp.ClientError()), BackendError)
     assert not isinstance(e.from_aiohttp_error(aiohttp.ClientError()), AuthenticationError)
+
+
+# ------------------------------------------------------------------ idle keep-alive connections
+
+
+class _ClosesIdleConnections:
+    """A raw HTTP/1.1 server in its own thread that answers every POST with a chat completion,
+    keeps the connection alive, and closes it after ``idle`` seconds without a request (as
+    uvicorn does after 5 s); it counts the connections it accepted."""
+
+    def __init__(self, idle: float) -> None:
+        self.idle = idle
+        self.connections = 0
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        assert self.ready.wait(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.server = self.loop.run_until_complete(
+            asyncio.start_server(self._serve, "127.0.0.1", 0)
+        )
+        self.port = self.server.sockets[0].getsockname()[1]
+        self.ready.set()
+        self.loop.run_forever()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        body = json.dumps(completion()).encode()
+        try:
+            while True:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.idle)
+                length = 0
+                for line in head.decode("latin-1").split("\r\n"):
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value)
+                await reader.readexactly(length)
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                    + f"content-length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+                await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.server.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.mark.parametrize(("keepalive", "reused"), [(0.3, False), (5.0, True)])
+async def test_an_idle_connection_the_server_may_have_closed_is_not_reused(
+    monkeypatch: pytest.MonkeyPatch, keepalive: float, reused: bool
+) -> None:
+    """The shared session drops a connection idle for ``KEEPALIVE_S`` (below the server's idle
+    close), so the next call opens a new one; with a keep-alive longer than the server's (the
+    control, aiohttp's default is 15 s) the next call reuses the closed connection and fails
+    before the server reads it. The loop is blocked meanwhile (a sync call inside async code),
+    so the client cannot see the server's close in time."""
+    import time
+
+    monkeypatch.setattr(h, "KEEPALIVE_S", keepalive)
+    server = _ClosesIdleConnections(idle=0.6)
+    try:
+        session = h._session()
+        url = f"http://127.0.0.1:{server.port}/v1/chat/completions"
+        async with session.post(url, json={"messages": []}) as r:
+            assert r.status == 200
+            await r.read()
+        time.sleep(1.0)  # blocks the loop: the server closes the idle connection meanwhile
+        if reused:
+            with pytest.raises(aiohttp.ServerDisconnectedError):
+                async with session.post(url, json={"messages": []}) as r:
+                    await r.read()
+            assert server.connections == 1
+        else:
+            async with session.post(url, json={"messages": []}) as r:
+                assert r.status == 200
+                await r.read()
+            assert server.connections == 2
+    finally:
+        await h._session().close()
+        server.stop()
