@@ -397,12 +397,6 @@ ROWS: tuple[Row, ...] = (
         secret=peers.GEMINI_FIXTURE_KEY,
         wrong_key="not-a-google-key-4411",
         offline_refusal=Refusal("top_k", call={"top_k": 0}),
-        known_bugs={
-            "test_sampling_fields_are_call_keys_and_defaults": "fixture, not the package: "
-            "google-genai declares top_k a float and sends topK 5.0; the Gemini fixture's "
-            "proto check takes only a JSON integer for an int field and answers 400, where "
-            "proto3 JSON (and the API, which the SDK is written against) takes an integral 5.0",
-        },
         not_applicable={
             "limits_without_io": "the limits are the API's (models.get inputTokenLimit)",
             "openai_layer": "the google-genai SDK's client, not OpenAIChatOverHTTP",
