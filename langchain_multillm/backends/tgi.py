@@ -141,6 +141,12 @@ class _TGIConnection(HTTPConnection, Seed):
     _info: dict[str, Any] | None = PrivateAttr(default=None)
     _bound: TemplateBound | None = PrivateAttr(default=None)
 
+    def _model_label(self) -> str | None:
+        """The model ``/info`` says the server serves, once it is known (what a health report
+        of a running server names), else the configured name."""
+        served = (self._info or {}).get("model_id")
+        return served if isinstance(served, str) and served else self.model_name
+
     @field_validator("base_url")
     @classmethod
     def _check_base_url(cls, v: str | None) -> str | None:

@@ -324,11 +324,6 @@ ROWS: tuple[Row, ...] = (
         ),
         # /info's max_stop_sequences (the fixture's 4, TGI's default): known after /info only.
         before_send_refusal=Refusal("stop", call={"stop": ["a", "b", "c", "d", "e"]}),
-        known_bugs={
-            "test_health_reports_name_the_model_label": "ChatTGI's health report names the "
-            "served model_id (/info: 'smollm2') where _model_label() and a down report name "
-            "model_name ('tgi', any model): the same model is named two ways",
-        },
         not_applicable={
             "limits_without_io": "the limits are the server's (GET /info)",
             "usage_fallback": NO_FALLBACK,
