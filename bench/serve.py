@@ -37,6 +37,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import secrets
 import signal
 import socket
@@ -67,6 +68,9 @@ PROCS: list[subprocess.Popen[bytes]] = []
 
 
 # ------------------------------------------------------------------ processes
+
+
+AFTER_S = 10.0  # seconds after a burst at which RSS "after" is read
 
 
 def free_port() -> int:
@@ -161,6 +165,18 @@ def rss_mb(pid: int) -> float:
         with contextlib.suppress(OSError, IndexError, ValueError):
             total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * PAGE
     return total / 2**20
+
+
+async def idle_collections(metrics_url: str) -> tuple[float, float] | None:
+    """The gateway's idle collections so far and the seconds they took (``/metrics``)."""
+    async with aiohttp.ClientSession() as s, s.get(metrics_url) as r:
+        text = await r.text()
+    found = dict(
+        re.findall(r"^multillm_idle_collection(s_total|_seconds_total) (\S+)$", text, re.M)
+    )
+    if len(found) != 2:
+        return None
+    return float(found["s_total"]), float(found["_seconds_total"])
 
 
 def allocator_of(pid: int) -> str:
@@ -375,7 +391,9 @@ async def many_streams(
     while fds(pid) > fds_before and time.perf_counter() - t1 < settle_timeout:
         await asyncio.sleep(0.25)
     settle = time.perf_counter() - t1
-    await asyncio.sleep(1.0)
+    # RSS "after": 10 s after the burst at the earliest (the gateway's idle collection runs
+    # 5 s after its last request, the allocator purges within a second after that)
+    await asyncio.sleep(max(1.0, AFTER_S - (time.perf_counter() - t1)))
     return StreamsResult(
         n=n,
         errors=sum(not ok for ok in oks),
@@ -581,6 +599,7 @@ async def main(args: argparse.Namespace) -> int:
         await many_streams(gw_target, f"http://127.0.0.1:{slow}", args.streams, args.settle_timeout)
         for _ in range(args.stream_rounds)
     ]
+    idle_gc = await idle_collections(f"http://127.0.0.1:{gw_port}/metrics")
     ended = datetime.datetime.now(datetime.UTC)
 
     # ---- the report ----
@@ -687,6 +706,12 @@ async def main(args: argparse.Namespace) -> int:
         verdict = "-" if ok is None else ("PASS" if ok else "FAIL")
         failed |= ok is False
         print(f"| {what} | {value} | {verdict} |")
+    if idle_gc is not None:
+        count, seconds = idle_gc
+        print(
+            f"\nThe gateway's idle collections (a full `gc.collect()` 5 s after a burst): "
+            f"{count:.0f}, {seconds / count * 1e3 if count else 0:.0f} ms each."
+        )
     print(
         f"\nThe {first.n}-stream bursts go to a second upstream that spaces its 23 events "
         f"{args.stream_delay * 1e3:g} ms apart (about {args.stream_delay * 22:.2f} s a stream)."

@@ -193,6 +193,20 @@ class Metrics:
             registry=r,
         )
         allocator.labels(in_use()).set(1)
+        self.idle_collections = Counter(
+            "multillm_idle_collections",
+            "Full garbage collections run when idle after a burst (server.idle_gc_after_s).",
+            registry=r,
+        )
+        self.idle_collection_seconds = Counter(
+            "multillm_idle_collection_seconds",
+            "Time those collections took.",
+            registry=r,
+        )
+
+    def collected(self, seconds: float) -> None:
+        self.idle_collections.inc()
+        self.idle_collection_seconds.inc(seconds)
 
 
 # ------------------------------------------------------------------ a served model
@@ -1279,7 +1293,27 @@ def create_app(config: ServeConfig | None = None) -> Starlette:
         Route("/openapi.json", g.openapi_route, methods=["GET"]),
         Route("/docs", g.docs, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: not_found})
+    s = gateway.config.server
+    middleware = []
+    if s.idle_gc_after_s > 0:
+        from starlette.middleware import Middleware
+
+        from langchain_multillm.server.idle_gc import IdleCollector
+
+        middleware.append(
+            Middleware(
+                IdleCollector,
+                after_s=s.idle_gc_after_s,
+                min_peak=s.idle_gc_min_peak,
+                on_collect=gateway.metrics.collected,
+            )
+        )
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: not_found},
+        middleware=middleware,
+    )
     app.state.gateway = gateway
     if services is not None:
         app.router.routes.extend(services.routes())

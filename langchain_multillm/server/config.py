@@ -201,6 +201,15 @@ class ServerSettings(BaseModel):
     access_log: bool = False
     """One log line per request (uvicorn's access log)."""
 
+    idle_gc_after_s: float = Field(default=5.0, ge=0)
+    """After a burst (``idle_gc_min_peak`` requests in flight at once), a full garbage
+    collection once the worker has been idle this long, so the burst's memory comes back
+    (``server/idle_gc.py``); ``0``: never. The default outlasts the 4 s the backends keep an
+    idle upstream connection, so the burst's connections are gone by then."""
+
+    idle_gc_min_peak: int = Field(default=64, ge=1)
+    """Requests in flight at once that make a burst for ``idle_gc_after_s``."""
+
     allocator: Literal["auto", "jemalloc", "pymalloc"] = "auto"
     """The memory allocator ``multillm serve`` runs on: ``auto`` is jemalloc where
     ``libjemalloc.so.2`` is installed (RSS comes back after a burst), else CPython's pymalloc;
