@@ -394,18 +394,22 @@ async def test_proxy_from_the_environment(
     for var in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{upstream.port}")
+    # the model's own address is a closed loopback port: only the proxy can answer for it
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
     kw: dict[str, Any] = {"http_async_client": httpx.AsyncClient()} if path == "httpx" else {}
     m = ChatVLLMServer(
-        base_url=f"http://proxied-{path}.invalid/v1", model="m", context_window=4096, **kw
+        base_url=f"http://127.0.0.1:{closed}/v1", model="m", context_window=4096, **kw
     )
     assert (await m.ainvoke("hi", context_overflow="ignore")).content == "hello world"
-    monkeypatch.setenv("NO_PROXY", f"proxied-{path}.invalid")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     h._env_proxy.cache_clear()
     kw = {"http_async_client": httpx.AsyncClient()} if path == "httpx" else {}
     m = ChatVLLMServer(
-        base_url=f"http://proxied-{path}.invalid/v1", model="m", context_window=4096, **kw
+        base_url=f"http://127.0.0.1:{closed}/v1", model="m", context_window=4096, **kw
     )
-    with pytest.raises(BackendUnavailableError):  # no proxy now: the name does not resolve
+    with pytest.raises(BackendUnavailableError):  # no proxy now: the closed port refuses
         await m.ainvoke("hi", context_overflow="ignore")
 
 
