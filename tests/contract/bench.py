@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from langchain_core.messages import AIMessageChunk
 
 from langchain_multillm.fit import Limits
 from tests.contract.proxy import FaultProxy
@@ -111,3 +112,17 @@ def input_room(limits: Limits, max_tokens: int | None) -> int:
         room.append(limits.context_window - (max_tokens or 1))
     assert room, f"no limit is known: {limits}"
     return min(room)
+
+
+def merge(chunks: list[Any]) -> AIMessageChunk:
+    """A stream's chunks added up into one message."""
+    assert chunks, "the stream gave no chunk"
+    total = chunks[0]
+    for c in chunks[1:]:
+        total = total + c
+    return total
+
+
+async def acollect(stream: Any) -> list[Any]:
+    """An async stream's items, in order."""
+    return [c async for c in stream]

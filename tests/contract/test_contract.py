@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.load import dumpd, dumps
-from langchain_core.messages import AIMessageChunk
 
 from langchain_multillm import (
     ContextWindowExceededError,
@@ -32,7 +31,7 @@ from langchain_multillm import (
 from langchain_multillm.fit import Limits
 from tests import peers
 from tests.contract import concurrency
-from tests.contract.bench import Bench, filler, input_room
+from tests.contract.bench import Bench, acollect, filler, input_room, merge
 from tests.contract.proxy import Hit
 from tests.contract.rows import error_body, executor_workers
 
@@ -40,18 +39,6 @@ pytestmark = [pytest.mark.timeout(600)]
 
 Q = "Name a colour."
 SMALL = 8  # max_tokens of every call that needs no more
-
-
-def merge(chunks: list[Any]) -> AIMessageChunk:
-    assert chunks, "the stream gave no chunk"
-    total = chunks[0]
-    for c in chunks[1:]:
-        total = total + c
-    return total
-
-
-async def acollect(stream: Any) -> list[Any]:
-    return [c async for c in stream]
 
 
 def window_of(limits: Limits) -> int:

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.messages import AIMessageChunk, HumanMessage
+from langchain_core.messages import HumanMessage
 
 from langchain_multillm import (
     ContextWindowExceededError,
@@ -29,7 +29,7 @@ from langchain_multillm import (
 )
 from langchain_multillm._base import COMMON_CALL_PARAMS, MultiLLMChatModel
 from langchain_multillm._openai import OpenAIChatOverHTTP
-from tests.contract.bench import Bench, filler
+from tests.contract.bench import Bench, acollect, filler, merge
 from tests.contract.proxy import Hit
 from tests.contract.rows import error_body
 
@@ -47,18 +47,6 @@ SAMPLES = {
     "dense": "=" * 300,
     "spaces": "a" + " " * 300 + "b",
 }
-
-
-def merge(chunks: list[Any]) -> AIMessageChunk:
-    assert chunks, "the stream gave no chunk"
-    total = chunks[0]
-    for c in chunks[1:]:
-        total = total + c
-    return total
-
-
-async def acollect(stream: Any) -> list[Any]:
-    return [c async for c in stream]
 
 
 def drain(model: Any, prompt: Any, way: str) -> list[Any]:
