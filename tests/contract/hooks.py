@@ -105,7 +105,12 @@ COVERAGE: dict[str, tuple[str, ...]] = {
         "test_health_when_the_backend_answers_unhealthy",
     ),
     "_limits_probe": ("test_limit_hooks_agree", "test_limits_properties_and_profile_agree"),
-    "_measure_template": (*_COUNTS, "test_prompt_near_the_window_is_accepted"),
+    "_measure_template": (
+        *_COUNTS,
+        "test_prompt_near_the_window_is_accepted",
+        "test_measure_template_hooks_agree",
+    ),
+    "_ameasure_template": ("test_measure_template_hooks_agree",),
     # ---- OpenAI chat over HTTP
     "_chat_url": _OPENAI,
     "_chat_body": _OPENAI,

@@ -162,6 +162,20 @@ def test_limit_hooks_agree(bench: Bench) -> None:
             assert a is None or b is None or a == b, f"{name}: static {a}, fetched {b}"
 
 
+def test_measure_template_hooks_agree(bench: Bench) -> None:
+    """``_measure_template`` / ``_ameasure_template`` (run after the limits probe): a model
+    whose limits came on the sync path and one whose limits came on the async path bound
+    every prompt alike (a server backend measures its chat template on both, or on neither)."""
+    on_sync = bench.make()
+    on_sync.get_limits()
+    on_async = bench.make()
+    asyncio.run(on_async.aget_limits())
+    for name, text in SAMPLES.items():
+        prompt = on_sync._as_prompt([HumanMessage(text)], None, for_fit=True)
+        sync_bound, async_bound = on_sync._count_bound(prompt), on_async._count_bound(prompt)
+        assert sync_bound == async_bound, f"{name}: sync path {sync_bound}, async {async_bound}"
+
+
 # ------------------------------------------------------------------ health hooks
 
 
