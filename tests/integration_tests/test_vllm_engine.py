@@ -194,6 +194,49 @@ def test_sampling_keys_checked_before_the_engine(chat: ChatVLLM) -> None:
     assert out.usage_metadata is not None and out.usage_metadata["output_tokens"] <= 8
 
 
+def test_instance_sampling_settings_reach_sampling_params(
+    params: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sampling mixins' fields set on the instance reach ``vllm.SamplingParams`` as they
+    are (sync and async); a call's value wins over the instance's; an unset field leaves the
+    engine's own default (the model's generation config), never a null."""
+    from vllm import SamplingParams
+
+    settings = {
+        "top_k": -1,  # vLLM's "all": the mixin's range is widened for this backend
+        "min_p": 0.05,
+        "presence_penalty": 0.1,
+        "frequency_penalty": 0.2,
+        "repetition_penalty": 1.1,
+        "seed": 7,
+    }
+    llm = ChatVLLM(**params, max_tokens=4, **settings)
+    plain = ChatVLLM(**params, max_tokens=4)
+    eng = llm.engine
+    seen: list[Any] = []
+    original = eng.generate
+
+    def generate(render: Any, sampling: Any) -> Any:
+        seen.append(sampling)
+        return original(render, sampling)
+
+    monkeypatch.setattr(eng, "generate", generate)
+    try:
+        llm.invoke("Hi")
+        expected = SamplingParams(**{**eng.default_sampling, **settings, "max_tokens": 4})
+        got = {name: getattr(seen[-1], name) for name in settings}
+        assert got == {name: getattr(expected, name) for name in settings}, got
+        asyncio.run(llm.ainvoke("Hi", seed=8, top_k=5))
+        assert (seen[-1].seed, seen[-1].top_k, seen[-1].min_p) == (8, 5, 0.05)
+        plain.invoke("Hi")
+        default = SamplingParams(**eng.default_sampling)
+        for name in settings:
+            assert getattr(seen[-1], name) == getattr(default, name), name
+    finally:
+        llm.release()
+        plain.release()
+
+
 def test_stop_and_seed_are_honoured(chat: ChatVLLM) -> None:
     out = chat.invoke("Count from 1 to 20 separated by commas.", max_tokens=40, stop=[","])
     assert "," not in out.content

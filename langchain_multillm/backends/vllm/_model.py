@@ -13,7 +13,16 @@ from typing import Any, ClassVar
 
 from pydantic import Field, PrivateAttr, model_validator
 
-from langchain_multillm._base import ModelSurface, Prompt, is_local
+from langchain_multillm._base import (
+    MinP,
+    ModelSurface,
+    Penalties,
+    Prompt,
+    RepetitionPenalty,
+    Seed,
+    TopK,
+    is_local,
+)
 from langchain_multillm._engines import Lease
 from langchain_multillm._openai import to_openai_messages
 from langchain_multillm._tool_forcing import forced_tool
@@ -55,7 +64,7 @@ _CHAT_ONLY = {"response_format", "tool_choice", "parallel_tool_calls"}
 _LOCAL_KEYS = frozenset({"model", "structured_outputs"})
 
 
-class _VLLMEngineModel(ModelSurface):
+class _VLLMEngineModel(ModelSurface, TopK, MinP, Penalties, RepetitionPenalty, Seed):
     """Engine settings, sampling settings, counting and health: what both classes share."""
 
     tensor_parallel_size: int = Field(default=1, gt=0)
@@ -85,23 +94,10 @@ class _VLLMEngineModel(ModelSurface):
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Other ``vllm.AsyncEngineArgs`` arguments (e.g. ``{"seed": 0, "max_num_seqs": 64}``)."""
 
+    # The sampling fields come from the shared mixins (``_base``: sent by the one
+    # ``_default_params``, taken per call); vLLM's top_k also takes -1 and 0 for "all".
     top_k: int | None = Field(default=None, ge=-1)
     """Sample from the k most likely tokens (-1, 0 or None: all)."""
-
-    min_p: float | None = Field(default=None, ge=0, le=1)
-    """Drop tokens below this fraction of the top token's probability."""
-
-    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
-    """Penalty on tokens already present (-2 to 2)."""
-
-    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    """Penalty by how often a token appeared (-2 to 2)."""
-
-    repetition_penalty: float | None = Field(default=None, gt=0)
-    """Penalty (>1) on tokens already in the prompt or output."""
-
-    seed: int | None = None
-    """Seed for sampling, for repeatable outputs."""
 
     _backend: ClassVar[str] = BACKEND
     _local_call_params: ClassVar[frozenset[str]] = _LOCAL_KEYS
@@ -295,19 +291,13 @@ class _VLLMEngineModel(ModelSurface):
     def _sampling(
         self, eng: EngineHandle, params: dict[str, Any], *, chat: bool, **internal: Any
     ) -> Any:
-        """``vllm.SamplingParams`` for a call; unknown keys are refused, naming them."""
+        """``vllm.SamplingParams`` for a call (the engine's generation defaults, overridden by
+        ``params``); unknown keys are refused, naming them."""
         from vllm import SamplingParams
 
-        instance = {
-            "top_k": self.top_k,
-            "min_p": self.min_p,
-            "presence_penalty": self.presence_penalty,
-            "frequency_penalty": self.frequency_penalty,
-            "repetition_penalty": self.repetition_penalty,
-            "seed": self.seed,
-        }
-        out: dict[str, Any] = {k: v for k, v in instance.items() if v is not None}
-        out.update(self._sampling_keys(params, chat=chat, fields=eng.sampling_fields))
+        # ``params``: the instance's sampling settings (``_default_params``: the mixins'
+        # fields, None left out) overridden by the call's.
+        out = self._sampling_keys(params, chat=chat, fields=eng.sampling_fields)
         out.setdefault("max_tokens", None)  # vLLM's default is 16; None: up to the room left
         merged = {**eng.default_sampling, **out}
         try:
