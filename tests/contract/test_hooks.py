@@ -585,11 +585,15 @@ def test_format_tools_counts_tools_as_the_peer(bench: Bench) -> None:
     messages = [HumanMessage("Say hello.")]
     # Room for a whole tool call: a server that forces the call's JSON (TGI) refuses a cut one.
     truth = peer_count(model.bind_tools([tool]), messages, max_tokens=64)
+    without = peer_count(model, messages)
     counted = model.count_tokens(messages, tools=[tool])
-    if bench.row.exact_count:
-        assert counted == truth, f"counted {counted} with the tool, the peer {truth}"
+    exact = model.count_tokens_exact(messages, tools=[tool])
+    if bench.row.exact_count and bench.row.why_not("exact_tools") is None:
+        assert exact == counted == truth, f"counted {exact} with the tool, the peer {truth}"
     else:
+        assert exact is None, f"{bench.row.id} counts no tools exactly, the hook gave {exact}"
         assert counted >= truth, f"bound {counted} with the tool < the peer's {truth}"
+        assert truth > without, f"the peer counts no tools ({truth} with, {without} without)"
     report = model.check_fit(messages, tools=[tool])
     assert report.prompt_tokens >= truth, f"{report} (the peer: {truth})"
     if report.exact:
