@@ -42,12 +42,16 @@ from langchain_multillm.errors import (
 )
 from langchain_multillm.fit import Limits
 from langchain_multillm.health import (
+    Call,
     HealthReport,
+    HealthSteps,
     answered,
+    arun_steps,
     describe,
     down,
     not_ready,
     probe_failed,
+    run_steps,
     unhealthy,
 )
 
@@ -650,39 +654,38 @@ class HTTPConnection(BaseModel):
             )
         return probe
 
-    def _health(self) -> HealthReport:
-        """The declared :class:`HealthProbe`, on the sync client."""
+    def _probe_steps(self) -> HealthSteps:
+        """The declared :class:`HealthProbe` as steps (run on either client)."""
         probe = self._declared_probe()
         started = time.perf_counter()
         t = self.health_timeout / probe.requests
         status: httpx.Response | Exception | None = None
         if probe.status is not None:
+            status_url = self._route_url(probe.status)
             try:
-                status = self._get(self._route_url(probe.status), timeout=t)
+                status = yield Call(
+                    lambda: self._get(status_url, timeout=t),
+                    lambda: self._aget(status_url, timeout=t),
+                )
             except Exception as exc:
                 status = exc
+        models_url = self._route_url(probe.models)
         try:
-            body: Any = self._get_json(self._route_url(probe.models), timeout=t)
+            body: Any = yield Call(
+                lambda: self._get_json(models_url, timeout=t),
+                lambda: self._aget_json(models_url, timeout=t),
+            )
         except Exception as exc:
             body = exc
         return probe.judge(self, started, status, body)
 
+    def _health(self) -> HealthReport:
+        """The declared :class:`HealthProbe`, on the sync client."""
+        return run_steps(self._probe_steps())
+
     async def _ahealth(self) -> HealthReport:
         """The declared :class:`HealthProbe`, on the async client."""
-        probe = self._declared_probe()
-        started = time.perf_counter()
-        t = self.health_timeout / probe.requests
-        status: httpx.Response | Exception | None = None
-        if probe.status is not None:
-            try:
-                status = await self._aget(self._route_url(probe.status), timeout=t)
-            except Exception as exc:
-                status = exc
-        try:
-            body: Any = await self._aget_json(self._route_url(probe.models), timeout=t)
-        except Exception as exc:
-            body = exc
-        return probe.judge(self, started, status, body)
+        return await arun_steps(self._probe_steps())
 
     def _fetch_limits(self) -> Limits:
         """The declared :class:`LimitsProbe`, on the sync client (none: unknown)."""

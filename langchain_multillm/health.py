@@ -8,12 +8,19 @@ Every backend reads the same states the same way (``is_alive()`` means the model
 * the server answers and is healthy, but the configured model is not served (or the
   credentials are refused, or it is rate limited): ``alive``, not ``ready``;
 * healthy and the model served: ``ready``.
+
+A check that makes I/O calls is written once, as steps (:data:`HealthSteps`): a generator that
+yields each :class:`Call` and gets its result back, run by :func:`run_steps` on the sync client
+and by :func:`arun_steps` on the async one. The HTTP layer's probes and the SDK backends'
+checks (Azure, Gemini) are written so: no backend writes a sync and an async twin.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import httpx
 
@@ -26,7 +33,9 @@ from langchain_multillm.errors import (
     error_message_from_body,
 )
 
-__all__ = ["HealthReport"]
+__all__ = ["Call", "HealthReport", "HealthSteps", "arun_steps", "run_steps"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -116,3 +125,50 @@ def probe_failed(started: float, model: str | None, what: str, exc: BaseExceptio
     """The report for a probe that raised: alive, not ready, if :func:`still_alive`; else down."""
     detail = f"{what}: {describe(exc)}"
     return not_ready(started, model, detail) if still_alive(exc) else down(started, model, detail)
+
+
+# ---- checks written once, run on either client ----
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One I/O call of a health check, for both clients: ``sync()`` is run by
+    :func:`run_steps`, ``async_()`` (awaited) by :func:`arun_steps`."""
+
+    sync: Callable[[], T]
+    async_: Callable[[], Awaitable[T]]
+
+
+HealthSteps = Generator[Call[Any], Any, HealthReport]
+"""A health check as steps: it yields each :class:`Call`, gets its result back at the
+``yield`` (or its exception, raised there), and returns the report."""
+
+
+def run_steps(steps: HealthSteps) -> HealthReport:
+    """Run a check's calls on the sync client."""
+    try:
+        call = next(steps)
+        while True:
+            try:
+                result = call.sync()
+            except Exception as exc:
+                call = steps.throw(exc)
+            else:
+                call = steps.send(result)
+    except StopIteration as done:
+        report: HealthReport = done.value
+        return report
+
+
+async def arun_steps(steps: HealthSteps) -> HealthReport:
+    """Run a check's calls on the async client (awaited: no thread is taken)."""
+    try:
+        call = next(steps)
+        while True:
+            try:
+                result = await call.async_()
+            except Exception as exc:
+                call = steps.throw(exc)
+            else:
+                call = steps.send(result)
+    except StopIteration as done:
+        report: HealthReport = done.value
+        return report

@@ -54,7 +54,17 @@ from langchain_multillm.errors import (
     mapped,
 )
 from langchain_multillm.fit import Limits
-from langchain_multillm.health import HealthReport, describe, down, probe_failed, still_alive
+from langchain_multillm.health import (
+    Call,
+    HealthReport,
+    HealthSteps,
+    arun_steps,
+    describe,
+    down,
+    probe_failed,
+    run_steps,
+    still_alive,
+)
 
 __all__ = ["MODEL_FAMILIES", "ChatAzureOpenAI", "ModelFamily", "count_chat_tokens"]
 
@@ -604,16 +614,39 @@ class ChatAzureOpenAI(Penalties, Seed, ToolsAndStructuredOutputMixin):
     # generation: ``health(deep=True)`` sends a one-token chat to the deployment (**billed**,
     # one output token); without it ``ready`` is False and ``detail`` says so.
     def _health(self) -> HealthReport:
-        return self._health_sync(False)
+        return run_steps(self._health_steps(deep=False))
 
     async def _ahealth(self) -> HealthReport:
-        return await self._health_async(False)
+        return await arun_steps(self._health_steps(deep=False))
 
     def _deep_health(self) -> HealthReport:
-        return self._health_sync(True)
+        return run_steps(self._health_steps(deep=True))
 
     async def _adeep_health(self) -> HealthReport:
-        return await self._health_async(True)
+        return await arun_steps(self._health_steps(deep=True))
+
+    def _health_steps(self, *, deep: bool) -> HealthSteps:
+        """``GET /openai/models``; then, with ``deep``, the one-token chat (billed)."""
+        started = time.perf_counter()
+        timeout = self.health_timeout
+        try:
+            yield Call(
+                lambda: self._client.models.list(timeout=timeout),
+                lambda: self._aclient.models.list(timeout=timeout),
+            )
+        except Exception as exc:
+            return self._judge(started, from_openai_error(exc, backend=BACKEND), None, deep)
+        probed: Exception | None = None
+        if deep:
+            body = self._probe_body()
+            try:
+                yield Call(
+                    lambda: self._client.chat.completions.create(**body),
+                    lambda: self._aclient.chat.completions.create(**body),
+                )
+            except Exception as exc:
+                probed = from_openai_error(exc, backend=BACKEND)
+        return self._judge(started, None, probed, deep)
 
     def _probe_body(self) -> dict[str, Any]:
         family = self._family
@@ -671,36 +704,6 @@ class ChatAzureOpenAI(Penalties, Seed, ToolsAndStructuredOutputMixin):
             ready=True,
             detail=f"deployment {self.azure_deployment!r} answered a one-token chat (billed)",
         )
-
-    def _health_sync(self, deep: bool) -> HealthReport:
-        started = time.perf_counter()
-        listed: Exception | None = None
-        probed: Exception | None = None
-        try:
-            self._client.models.list(timeout=self.health_timeout)
-        except Exception as exc:
-            listed = from_openai_error(exc, backend=BACKEND)
-        if deep and listed is None:
-            try:
-                self._client.chat.completions.create(**self._probe_body())
-            except Exception as exc:
-                probed = from_openai_error(exc, backend=BACKEND)
-        return self._judge(started, listed, probed, deep)
-
-    async def _health_async(self, deep: bool) -> HealthReport:
-        started = time.perf_counter()
-        listed: Exception | None = None
-        probed: Exception | None = None
-        try:
-            await self._aclient.models.list(timeout=self.health_timeout)
-        except Exception as exc:
-            listed = from_openai_error(exc, backend=BACKEND)
-        if deep and listed is None:
-            try:
-                await self._aclient.chat.completions.create(**self._probe_body())
-            except Exception as exc:
-                probed = from_openai_error(exc, backend=BACKEND)
-        return self._judge(started, listed, probed, deep)
 
     def close(self) -> None:
         """Close the SDK clients this model opened (injected HTTP clients are left alone)."""

@@ -63,7 +63,16 @@ from langchain_multillm.errors import (
     mapped,
 )
 from langchain_multillm.fit import Limits, chat_bound
-from langchain_multillm.health import HealthReport, describe, not_ready, probe_failed
+from langchain_multillm.health import (
+    Call,
+    HealthReport,
+    HealthSteps,
+    arun_steps,
+    describe,
+    not_ready,
+    probe_failed,
+    run_steps,
+)
 
 __all__ = ["ChatGemini"]
 
@@ -777,17 +786,19 @@ class ChatGemini(TopK, Seed, ToolsAndStructuredOutputMixin):
         return probe_failed(started, self.model_name, "models.get failed", exc)
 
     def _health(self) -> HealthReport:
-        started = time.perf_counter()
-        try:
-            info = self._get_model(timeout=self.health_timeout)
-        except MultiLLMError as exc:
-            return self._refused(started, exc)
-        return self._judge(started, info)
+        return run_steps(self._health_steps())
 
     async def _ahealth(self) -> HealthReport:
+        return await arun_steps(self._health_steps())
+
+    def _health_steps(self) -> HealthSteps:
         started = time.perf_counter()
+        timeout = self.health_timeout
         try:
-            info = await self._aget_model(timeout=self.health_timeout)
+            info = yield Call(
+                lambda: self._get_model(timeout=timeout),
+                lambda: self._aget_model(timeout=timeout),
+            )
         except MultiLLMError as exc:
             return self._refused(started, exc)
         return self._judge(started, info)
