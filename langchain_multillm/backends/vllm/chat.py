@@ -65,12 +65,11 @@ class ChatVLLM(_VLLMEngineModel, ToolsAndStructuredOutputMixin):
         return "vllm-chat"
 
     # ---- one request ----
-    def _plan(self, req: ChatRequest) -> tuple[EngineHandle, Any, _Plan]:
+    def _plan(self, req: ChatRequest, eng: EngineHandle) -> tuple[EngineHandle, Any, _Plan]:
         self._check_model(req.params)
         forced = forced_tool(req.params.get("tool_choice"), req.tools)
         plan: _Plan = forced
         rf = _response_format(req.params.get("response_format"))
-        eng = self.engine
         eng.check_alive()
         internal = _internal(req.params, req.stream)
         if forced is not None:
@@ -168,7 +167,7 @@ class ChatVLLM(_VLLMEngineModel, ToolsAndStructuredOutputMixin):
         return chunk
 
     def _gen(self, req: ChatRequest) -> Iterator[ChatGenerationChunk]:
-        eng, sampling, plan = self._plan(req)
+        eng, sampling, plan = self._plan(req, self.engine)
         outputs = eng.iterate(self._outputs(eng, req, sampling))
         try:
             chunks = (self._usage_wanted(req, c) for c in self._chunks(outputs, plan))

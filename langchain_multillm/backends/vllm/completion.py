@@ -32,9 +32,8 @@ class VLLM(_VLLMEngineModel, MultiLLMCompletionModel):
     def _llm_type(self) -> str:
         return "vllm"
 
-    def _plan(self, req: CompletionRequest) -> tuple[EngineHandle, Any]:
+    def _plan(self, req: CompletionRequest, eng: EngineHandle) -> tuple[EngineHandle, Any]:
         self._check_model(req.params)
-        eng = self.engine
         eng.check_alive()
         internal = _internal(req.params, req.stream)
         return eng, self._sampling(eng, req.params, chat=False, **internal)
@@ -60,7 +59,7 @@ class VLLM(_VLLMEngineModel, MultiLLMCompletionModel):
         return GenerationChunk(text=text, generation_info=info)
 
     def _gen(self, req: CompletionRequest) -> Iterator[GenerationChunk]:
-        eng, sampling = self._plan(req)
+        eng, sampling = self._plan(req, self.engine)
         outputs = eng.iterate(self._outputs(eng, req, sampling))
         generated = 0
         try:
