@@ -182,13 +182,18 @@ class _VLLMEngineModel(
     async def _afetch_limits(self) -> Limits:
         return Limits(context_window=(await self._aengine()).max_model_len)
 
+    def _own_template(self) -> str | None:
+        """The chat template this instance renders instead of the model's (None: the model's;
+        ``ChatVLLM.chat_template``)."""
+        return None
+
     def _count_bound(self, prompt: Prompt) -> int | None:
         eng = self._started_engine()
         if eng is None or eng.dead:
             return None
         if prompt.text is not None:
             return chat_bound(prompt, None)
-        if eng.bound is None or getattr(self, "chat_template", None) is not None:
+        if eng.bound is None or self._own_template() is not None:
             return None  # the measured template is not the one this instance renders: count
         return chat_bound(prompt, eng.bound)
 
@@ -199,7 +204,7 @@ class _VLLMEngineModel(
             to_openai_messages(prompt.messages or []),
             prompt.tools,
             limit=limit,
-            template=getattr(self, "chat_template", None),
+            template=self._own_template(),
         )
 
     def _count_exact(self, prompt: Prompt) -> int | None:

@@ -64,6 +64,9 @@ class ChatVLLM(_VLLMEngineModel, ToolsAndStructuredOutputMixin):
     def _llm_type(self) -> str:
         return "vllm-chat"
 
+    def _own_template(self) -> str | None:
+        return self.chat_template
+
     # ---- one request ----
     def _plan(self, req: ChatRequest, eng: EngineHandle) -> tuple[EngineHandle, Any, _Plan]:
         self._check_model(req.params)
