@@ -93,6 +93,10 @@ COVERAGE: dict[str, tuple[str, ...]] = {
     ),
     "_format_tools": ("test_format_tools_counts_tools_as_the_peer",),
     "_batches_in_engine": ("test_batch_hook",),
+    # ---- a model in this process (EngineHolder)
+    "_engine_registry": ("test_engine_holder_hooks",),
+    "_engine_key": ("test_engine_holder_hooks",),
+    "_start_engine": ("test_engine_holder_hooks",),
     # ---- a server (HTTPConnection)
     "api_key": ("test_headers_and_key_go_with_every_request", "test_secrets_never_shown"),
     "_auth_flow": ("test_auth_flow_hook_sends_the_token",),

@@ -38,6 +38,7 @@ PROMISES = (
     "exact_tools",  # a row with exact counts counts bound tools exactly too (else a bound)
     "completion",  # the completion hooks (_complete, ...): the row's ``build_completion``
     "clean_cut",  # a stream whose body ends cleanly before the finish raises IncompleteResponse
+    "engine_holder",  # EngineHolder: one engine per key, held by leases (in-process rows)
 )
 
 
@@ -262,6 +263,7 @@ NO_BEFORE_SEND = "_before_send is the default: nothing is checked beyond _check_
 NO_OAUTH = "no OAuth2 settings: the credential is an api_key"
 NO_FALLBACK = "no usage fallback: the server always sends stream usage (asked for)"
 NO_COMPLETION = "no completion model for this API (chat only)"
+NO_ENGINE = "a server: no engine in this process to hold"
 ENGINE_LOOP_CUT = (
     "in-process: the engine's token loop ending early reads as max_tokens reached (no "
     "protocol end to miss); a failure mid-stream is test_a_stream_cut_upstream_raises"
@@ -305,6 +307,7 @@ ROWS: tuple[Row, ...] = (
         health_route=lambda hit: _get(hit, r"^/health$"),
         secret="contract-vllm-key-51d0",
         not_applicable={
+            "engine_holder": NO_ENGINE,
             "limits_without_io": "the window is the server's (GET /v1/models max_model_len)",
             "check_offline": "ChatVLLMServer refuses nothing beyond the common checks (an "
             "extra_body that is not a dict: the base's call-key check, for every backend)",
@@ -326,6 +329,7 @@ ROWS: tuple[Row, ...] = (
         # /info's max_stop_sequences (the fixture's 4, TGI's default): known after /info only.
         before_send_refusal=Refusal("stop", call={"stop": ["a", "b", "c", "d", "e"]}),
         not_applicable={
+            "engine_holder": NO_ENGINE,
             "limits_without_io": "the limits are the server's (GET /info)",
             "usage_fallback": NO_FALLBACK,
             "oauth2": NO_OAUTH,
@@ -340,6 +344,7 @@ ROWS: tuple[Row, ...] = (
         health_route=lambda hit: _get(hit, r"/models$"),
         exact_count=False,
         not_applicable={
+            "engine_holder": NO_ENGINE,
             "valid_prompt": "no exact count of a chat prompt (DeepSeek's template is not "
             "published): a prompt between the bounds is sent and the API judges (docs/fit.md)",
             "check_offline": "ChatDeepSeek refuses nothing beyond the common checks (the keys "
@@ -367,6 +372,7 @@ ROWS: tuple[Row, ...] = (
         # An o-series model takes no sampling knobs (the row's temperature=0 is one).
         offline_refusal=Refusal("temperature", build={"model": "o3-mini"}),
         not_applicable={
+            "engine_holder": NO_ENGINE,
             "exact_tools": "Azure renders bound tools in a form it does not publish: the "
             "package counts them with a bound (docs/backends/azure.md), at least the fixture's "
             "count (the openai-cookbook's estimate)",
@@ -391,6 +397,7 @@ ROWS: tuple[Row, ...] = (
         wrong_key="not-a-google-key-4411",
         offline_refusal=Refusal("top_k", call={"top_k": 0}),
         not_applicable={
+            "engine_holder": NO_ENGINE,
             "limits_without_io": "the limits are the API's (models.get inputTokenLimit)",
             "openai_layer": "the google-genai SDK's client, not OpenAIChatOverHTTP",
             "before_send": "not on OpenAIChatOverHTTP (no _before_send)",

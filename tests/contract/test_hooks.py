@@ -28,6 +28,7 @@ from langchain_multillm import (
     MultiLLMError,
 )
 from langchain_multillm._base import COMMON_CALL_PARAMS, MultiLLMChatModel
+from langchain_multillm._engines import EngineHolder, EngineRegistry
 from langchain_multillm._openai import OpenAIChatOverHTTP
 from tests.contract.bench import Bench, acollect, filler, merge
 from tests.contract.proxy import Hit
@@ -598,6 +599,36 @@ def test_format_tools_counts_tools_as_the_peer(bench: Bench) -> None:
     assert report.prompt_tokens >= truth, f"{report} (the peer: {truth})"
     if report.exact:
         assert report.prompt_tokens == truth, f"{report} (the peer: {truth})"
+
+
+def test_engine_holder_hooks(bench: Bench) -> None:
+    """``EngineHolder``'s hooks (``_engine_registry``, ``_engine_key``, ``_start_engine``): two
+    instances of one setting share one engine of the registry, each holding one lease; a fresh
+    instance holds none; ``load`` / ``aload`` take the hold, ``release`` (idempotent) gives it
+    back, and the next call takes it again."""
+    applies(bench, "engine_holder", holds=isinstance(bench.make(), EngineHolder))  # it holds
+    # Not instrumented (the instrument takes the engine to wrap it): they hold nothing yet.
+    first, second = bench.row.build(bench.target), bench.row.build(bench.target)
+    registry = type(first)._engine_registry
+    assert isinstance(registry, EngineRegistry)
+    assert first._engine_key() == second._engine_key()
+    assert first._held_engine() is None and second._held_engine() is None
+    assert first.load() is first
+    engine = first._held_engine()
+    assert engine is not None and not engine.dead
+    assert registry.get(first._engine_key()) is engine
+    held = registry.holders(engine)
+    assert asyncio.run(second.aload()) is second
+    assert second._held_engine() is engine, "one engine per key"
+    assert registry.holders(engine) == held + 1
+    second.release()
+    second.release()
+    assert second._held_engine() is None and registry.holders(engine) == held
+    second.invoke("Say one.")
+    assert second._held_engine() is engine and registry.holders(engine) == held + 1
+    first.release()
+    second.release()
+    assert registry.holders(engine) == held - 1 and not engine.dead, "the instrumented one holds"
 
 
 def test_batch_hook(bench: Bench) -> None:

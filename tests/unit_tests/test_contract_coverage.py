@@ -19,23 +19,36 @@ ROOT = Path(__file__).resolve().parents[2]
 FIRST_NAME = re.compile(r"`(\w+)")
 
 
+# The sections of the page whose tables name hooks.
+SECTIONS = ("## The hooks", "## A model in this process")
+
+
 def table_hooks(text: str) -> set[str]:
-    """Hooks of the page's tables under "## The hooks" (the first column's name, and the async
-    twin named first in the "async twin" column), and its "Class attributes:" paragraph."""
-    section = text.split("## The hooks", 1)[1].split("\n## ", 1)[0]
+    """Hooks of the page's tables under :data:`SECTIONS` (the first column's name, and the
+    async twin named first in the "async twin" column; a table may be indented in a list),
+    and the "Class attributes:" paragraph."""
     hooks: set[str] = set()
-    for paragraph in section.split("\n\n"):
-        if paragraph.startswith("Class attributes:"):
-            hooks |= set(re.findall(r"`(_\w+)`", paragraph))
+    for heading in SECTIONS:
+        section = text.split(heading, 1)[1].split("\n## ", 1)[0]
+        for paragraph in section.split("\n\n"):
+            if paragraph.startswith("Class attributes:"):
+                hooks |= set(re.findall(r"`(_\w+)`", paragraph))
+        hooks |= _hooks_of_tables(section)
+    return hooks
+
+
+def _hooks_of_tables(section: str) -> set[str]:
+    hooks: set[str] = set()
     twin_col: int | None = None
     in_hooks = False  # a table whose first column is "hook" (not, e.g., the mixins' table)
-    for line in section.splitlines():
+    for raw in section.splitlines():
+        line = raw.strip()
         if not line.startswith("|"):
             in_hooks = False
             continue
         if line.startswith("|---"):
             continue
-        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip("|"))]
         if not in_hooks:
             in_hooks = cells[0] == "hook"
             twin_col = next((i for i, c in enumerate(cells) if c.startswith("async twin")), None)
@@ -66,7 +79,8 @@ def test_the_table_is_read() -> None:
     hooks = table_hooks((ROOT / DOC).read_text())
     # One of each table, a twin, a class attribute, a field: the reader sees them all.
     for name in ("_health", "_ahealth", "_llm_type", "_achat_stream", "_headers", "_chat_url",
-                 "_abefore_send", "_call_params", "api_key", "_batches_in_engine"):  # fmt: skip
+                 "_abefore_send", "_call_params", "api_key", "_batches_in_engine",
+                 "_ameasure_template", "_engine_key", "_start_engine", "_engine_registry"):  # fmt: skip
         assert name in hooks, name
     assert "to_thread" not in hooks and "_generate" not in hooks
     assert not {"mixin", "Seed", "hook"} & hooks  # other tables and the headers are not hooks
@@ -84,11 +98,12 @@ def defined(name: str) -> bool:
     """Whether a contract class of the package has ``name`` (a hook mapped before its line
     reaches the table is fine; a hook renamed or gone is not)."""
     from langchain_multillm._base import ModelSurface, MultiLLMChatModel, MultiLLMCompletionModel
+    from langchain_multillm._engines import EngineHolder
     from langchain_multillm._http import HTTPConnection
     from langchain_multillm._openai import OpenAIChatOverHTTP
 
     classes = (ModelSurface, MultiLLMChatModel, MultiLLMCompletionModel, HTTPConnection,
-               OpenAIChatOverHTTP)  # fmt: skip
+               OpenAIChatOverHTTP, EngineHolder)  # fmt: skip
     return any(hasattr(c, name) or name in c.model_fields for c in classes)
 
 
