@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessage
-from pydantic import PrivateAttr
+from pydantic import BaseModel, PrivateAttr
 
 from langchain_multillm import ChatLlamaCpp, ChatRouter, ChatVLLMServer
-from langchain_multillm.errors import ContextWindowExceededError, MultiLLMError
+from langchain_multillm.errors import ContextWindowExceededError, InvalidInputError, MultiLLMError
 from tests import peers
 from tests.conftest import LOG_DIR
 
@@ -242,3 +242,59 @@ def test_small_and_large_window(llama_cpp_available: str) -> None:
     with pytest.raises(ContextWindowExceededError, match=r"small: limit 256.*large: limit 2048"):
         router.invoke(long_prompt * 8)
     assert small._generations == 1 and large._generations == 3
+
+
+class Verdict(BaseModel):
+    """Whether the statement holds."""
+
+    holds: bool
+
+
+# A tool whose arguments are one boolean: the forced call's JSON is short whatever the model.
+LAMP = {
+    "type": "function",
+    "function": {
+        "name": "set_lamp",
+        "description": "Turn the lamp on or off.",
+        "parameters": {
+            "type": "object",
+            "properties": {"on": {"type": "boolean"}},
+            "required": ["on"],
+        },
+    },
+}
+
+
+def test_tools_and_structured_output_through_the_router(llama_cpp_available: str) -> None:
+    """``bind_tools`` and ``with_structured_output`` on a router: the tools go with the call to
+    the candidate it is routed to and come back as its tool call; the answer is parsed; a
+    ``tool_choice`` naming no bound tool is refused before anything is sent."""
+    small = CountingLlamaCpp(
+        model_path=llama_cpp_available, n_ctx=256, n_threads=1, max_tokens=32, temperature=0
+    )
+    large = CountingLlamaCpp(
+        model_path=llama_cpp_available, n_ctx=2048, n_threads=1, max_tokens=32, temperature=0
+    )
+    router = ChatRouter(models=[small, large], names=["small", "large"], strategy="ordered")
+    long_prompt = "Summarize: " + "the river runs past the old mill and on to the sea. " * 40
+
+    msg = router.bind_tools([LAMP], tool_choice="set_lamp").invoke("Turn the lamp on.")
+    assert where(msg) == "small"
+    assert [call["name"] for call in msg.tool_calls] == ["set_lamp"]
+    assert isinstance(msg.tool_calls[0]["args"]["on"], bool)
+    # over the small window: the tools go with the call to the large one
+    msg = asyncio.run(
+        router.bind_tools([LAMP], tool_choice="required").ainvoke(long_prompt + " Lamp on.")
+    )
+    assert where(msg) == "large" and [c["name"] for c in msg.tool_calls] == ["set_lamp"]
+
+    for method in ("json_schema", "function_calling"):
+        verdict = router.with_structured_output(Verdict, method=method).invoke("Is ice cold?")
+        assert isinstance(verdict, Verdict), method
+    raw = router.with_structured_output(Verdict, include_raw=True).invoke(long_prompt)
+    assert isinstance(raw["parsed"], Verdict) and where(raw["raw"]) == "large"
+
+    before = small._generations + large._generations
+    with pytest.raises(InvalidInputError, match="tool_choice"):
+        router.bind_tools([LAMP], tool_choice="another_tool")
+    assert small._generations + large._generations == before
