@@ -19,7 +19,7 @@ from collections.abc import (
     Sequence,
 )
 from operator import itemgetter
-from typing import Any, Literal, final
+from typing import Any, ClassVar, Literal, final
 
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import (
@@ -58,6 +58,7 @@ from langchain_multillm.errors import (
 __all__ = [
     "ChatStream",
     "OpenAIChatOverHTTP",
+    "ToolsAndStructuredOutput",
     "ToolsAndStructuredOutputMixin",
     "aiter_sse",
     "chat_payload",
@@ -491,122 +492,17 @@ class CompletionStream(_StreamState):
 StructuredMethod = Literal["json_schema", "function_calling", "json_mode"]
 
 
-def bind_openai_tools(
-    model: BaseChatModel,
-    tools: Sequence[dict[str, Any] | type | Callable[..., Any] | Any],
-    *,
-    tool_choice: dict[str, Any] | str | bool | None = None,
-    strict: bool | None = None,
-    parallel_tool_calls: bool | None = None,
-    **kwargs: Any,
-) -> Runnable[LanguageModelInput, AIMessage]:
-    """``model.bind_tools``: the tools bound in the OpenAI format; ``tool_choice`` takes a
-    name, "auto", "none", "required"/"any"/True, or an OpenAI tool-choice dict (a name that is
-    no bound tool is refused here)."""
-    formatted = [convert_to_openai_tool(t, strict=strict) for t in tools]
-    names = [t["function"]["name"] for t in formatted if "function" in t]
-    if tool_choice is not None and tool_choice is not False:
-        if tool_choice is True or tool_choice == "any":
-            tool_choice = "required"
-        if isinstance(tool_choice, str) and tool_choice not in ("auto", "none", "required"):
-            if tool_choice not in names:
-                raise InvalidInputError(
-                    "tool_choice", f"names no bound tool; got {tool_choice!r}, tools: {names}"
-                )
-            tool_choice = {"type": "function", "function": {"name": tool_choice}}
-        kwargs["tool_choice"] = tool_choice
-    if parallel_tool_calls is not None:
-        kwargs["parallel_tool_calls"] = parallel_tool_calls
-    return model.bind(tools=formatted, **kwargs)
-
-
-def openai_structured_output(
-    model: BaseChatModel,
-    schema: dict[str, Any] | type | None,
-    *,
-    method: StructuredMethod,
-    include_raw: bool,
-    strict: bool | None,
-    backend: str,
-    **kwargs: Any,
-) -> Runnable[LanguageModelInput, dict[str, Any] | Any]:
-    """``model.with_structured_output`` on OpenAI's request keys (``response_format``, or a
-    forced tool call through ``model.bind_tools``); an answer cut by ``max_tokens`` raises
-    :class:`~langchain_multillm.errors.IncompleteResponseError` named after ``backend``."""
-    if kwargs:
-        raise InvalidInputError("with_structured_output", f"unexpected arguments {sorted(kwargs)}")
-    is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
-    parser: OutputParserLike
-    if method == "function_calling":
-        if schema is None:
-            raise InvalidInputError("schema", "function_calling needs a schema")
-        tool = convert_to_openai_tool(schema, strict=strict)
-        name = tool["function"]["name"]
-        llm = model.bind_tools(
-            [schema],
-            tool_choice=name,
-            strict=strict,
-            ls_structured_output_format={"kwargs": {"method": method}, "schema": tool},
-        )
-        parser = (
-            PydanticToolsParser(tools=[schema], first_tool_only=True)  # type: ignore[list-item]
-            if is_pydantic
-            else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
-        )
-    elif method == "json_schema":
-        if schema is None:
-            raise InvalidInputError("schema", "json_schema needs a schema")
-        json_schema = convert_to_json_schema(schema)
-        name = json_schema.get("title", "output")
-        response_format = {
-            "type": "json_schema",
-            "json_schema": {"name": name, "schema": json_schema, "strict": bool(strict)},
-        }
-        llm = model.bind(
-            response_format=response_format,
-            ls_structured_output_format={"kwargs": {"method": method}, "schema": json_schema},
-        )
-        parser = (
-            PydanticOutputParser(pydantic_object=schema)  # type: ignore[arg-type]
-            if is_pydantic
-            else JsonOutputParser()
-        )
-    elif method == "json_mode":
-        llm = model.bind(
-            response_format={"type": "json_object"},
-            ls_structured_output_format={"kwargs": {"method": method}, "schema": schema},
-        )
-        parser = (
-            PydanticOutputParser(pydantic_object=schema)  # type: ignore[arg-type]
-            if is_pydantic
-            else JsonOutputParser()
-        )
-    else:
-        raise InvalidInputError(
-            "method", f"must be json_schema, function_calling or json_mode; got {method!r}"
-        )
-    # An answer cut by max_tokens raises IncompleteResponseError, not the parser's error.
-    checked = stop_if_cut(tools=method == "function_calling", backend=backend) | parser
-    if not include_raw:
-        return llm | checked
-    parser_assign = RunnablePassthrough.assign(
-        parsed=itemgetter("raw") | checked, parsing_error=lambda _: None
-    )
-    parser_none = RunnablePassthrough.assign(parsed=lambda _: None)
-    parser_with_fallback = parser_assign.with_fallbacks(
-        [parser_none], exception_key="parsing_error"
-    )
-    return RunnableMap(raw=llm) | parser_with_fallback
-
-
-class ToolsAndStructuredOutputMixin(MultiLLMChatModel):
-    """``bind_tools`` and ``with_structured_output`` for any chat backend (Azure, Gemini,
-    llama.cpp, in-process vLLM, and every :class:`OpenAIChatOverHTTP`): tools are bound in the
-    OpenAI tool format, LangChain's common one, and a backend whose API takes another (Gemini)
-    converts them where it builds its request."""
+class ToolsAndStructuredOutput(BaseChatModel):
+    """``bind_tools`` and ``with_structured_output`` in the OpenAI tool format, LangChain's
+    common one, written once for every chat model of the package: the backends (through
+    :class:`ToolsAndStructuredOutputMixin`) and ``ChatRouter`` (which passes the bound tools
+    to the candidate each call is routed to). A backend whose API takes another format
+    (Gemini) converts the tools where it builds its request."""
 
     default_structured_method: StructuredMethod = "json_schema"
     """How ``with_structured_output`` asks for structure when no method is given."""
+
+    _backend: ClassVar[str]  # names the errors (the class's own; not given a default here)
 
     @final
     def bind_tools(
@@ -619,15 +515,23 @@ class ToolsAndStructuredOutputMixin(MultiLLMChatModel):
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, AIMessage]:
         """Bind tools in the OpenAI format; ``tool_choice`` takes a name, "auto", "none",
-        "required"/"any"/True, or an OpenAI tool-choice dict."""
-        return bind_openai_tools(
-            self,
-            tools,
-            tool_choice=tool_choice,
-            strict=strict,
-            parallel_tool_calls=parallel_tool_calls,
-            **kwargs,
-        )
+        "required"/"any"/True, or an OpenAI tool-choice dict (a name that is no bound tool is
+        refused here)."""
+        formatted = [convert_to_openai_tool(t, strict=strict) for t in tools]
+        names = [t["function"]["name"] for t in formatted if "function" in t]
+        if tool_choice is not None and tool_choice is not False:
+            if tool_choice is True or tool_choice == "any":
+                tool_choice = "required"
+            if isinstance(tool_choice, str) and tool_choice not in ("auto", "none", "required"):
+                if tool_choice not in names:
+                    raise InvalidInputError(
+                        "tool_choice", f"names no bound tool; got {tool_choice!r}, tools: {names}"
+                    )
+                tool_choice = {"type": "function", "function": {"name": tool_choice}}
+            kwargs["tool_choice"] = tool_choice
+        if parallel_tool_calls is not None:
+            kwargs["parallel_tool_calls"] = parallel_tool_calls
+        return self.bind(tools=formatted, **kwargs)
 
     @final
     def with_structured_output(
@@ -647,15 +551,78 @@ class ToolsAndStructuredOutputMixin(MultiLLMChatModel):
         :class:`~langchain_multillm.errors.IncompleteResponseError` saying so (with
         ``include_raw=True`` it is the ``parsing_error``).
         """
-        return openai_structured_output(
-            self,
-            schema,
-            method=method or self.default_structured_method,
-            include_raw=include_raw,
-            strict=strict,
-            backend=self._backend,
-            **kwargs,
+        if kwargs:
+            raise InvalidInputError(
+                "with_structured_output", f"unexpected arguments {sorted(kwargs)}"
+            )
+        method = method or self.default_structured_method
+        is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
+        parser: OutputParserLike
+        if method == "function_calling":
+            if schema is None:
+                raise InvalidInputError("schema", "function_calling needs a schema")
+            tool = convert_to_openai_tool(schema, strict=strict)
+            name = tool["function"]["name"]
+            llm = self.bind_tools(
+                [schema],
+                tool_choice=name,
+                strict=strict,
+                ls_structured_output_format={"kwargs": {"method": method}, "schema": tool},
+            )
+            parser = (
+                PydanticToolsParser(tools=[schema], first_tool_only=True)  # type: ignore[list-item]
+                if is_pydantic
+                else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
+            )
+        elif method == "json_schema":
+            if schema is None:
+                raise InvalidInputError("schema", "json_schema needs a schema")
+            json_schema = convert_to_json_schema(schema)
+            name = json_schema.get("title", "output")
+            response_format = {
+                "type": "json_schema",
+                "json_schema": {"name": name, "schema": json_schema, "strict": bool(strict)},
+            }
+            llm = self.bind(
+                response_format=response_format,
+                ls_structured_output_format={"kwargs": {"method": method}, "schema": json_schema},
+            )
+            parser = (
+                PydanticOutputParser(pydantic_object=schema)  # type: ignore[arg-type]
+                if is_pydantic
+                else JsonOutputParser()
+            )
+        elif method == "json_mode":
+            llm = self.bind(
+                response_format={"type": "json_object"},
+                ls_structured_output_format={"kwargs": {"method": method}, "schema": schema},
+            )
+            parser = (
+                PydanticOutputParser(pydantic_object=schema)  # type: ignore[arg-type]
+                if is_pydantic
+                else JsonOutputParser()
+            )
+        else:
+            raise InvalidInputError(
+                "method", f"must be json_schema, function_calling or json_mode; got {method!r}"
+            )
+        # An answer cut by max_tokens raises IncompleteResponseError, not the parser's error.
+        checked = stop_if_cut(tools=method == "function_calling", backend=self._backend) | parser
+        if not include_raw:
+            return llm | checked
+        parser_assign = RunnablePassthrough.assign(
+            parsed=itemgetter("raw") | checked, parsing_error=lambda _: None
         )
+        parser_none = RunnablePassthrough.assign(parsed=lambda _: None)
+        parser_with_fallback = parser_assign.with_fallbacks(
+            [parser_none], exception_key="parsing_error"
+        )
+        return RunnableMap(raw=llm) | parser_with_fallback
+
+
+class ToolsAndStructuredOutputMixin(ToolsAndStructuredOutput, MultiLLMChatModel):
+    """:class:`ToolsAndStructuredOutput` on a chat backend (Azure, Gemini, llama.cpp,
+    in-process vLLM, and every :class:`OpenAIChatOverHTTP`)."""
 
 
 # ------------------------------------------------------------------ chat over HTTP

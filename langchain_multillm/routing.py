@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
@@ -43,7 +43,7 @@ from langchain_core.callbacks import (
     CallbackManagerForLLMRun,
 )
 from langchain_core.exceptions import ModelError
-from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
+from langchain_core.language_models import BaseChatModel, LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig
@@ -59,7 +59,7 @@ from langchain_multillm._base import (
     MultiLLMChatModel,
     PromptInput,
 )
-from langchain_multillm._openai import StructuredMethod, bind_openai_tools, openai_structured_output
+from langchain_multillm._openai import ToolsAndStructuredOutput
 from langchain_multillm._retry import INITIAL_DELAY_S, delay
 from langchain_multillm.errors import (
     BackendUnavailableError,
@@ -420,7 +420,7 @@ class _Table:
             return [best, *rest]
 
 
-class ChatRouter(BaseChatModel):
+class ChatRouter(ToolsAndStructuredOutput):
     """A chat model that routes each call to one of ``models``, decided before sending.
 
     Example::
@@ -465,11 +465,7 @@ class ChatRouter(BaseChatModel):
     """The retry policy's first delay before the next candidate (doubling, with jitter; a
     server's Retry-After wins)."""
 
-    default_structured_method: StructuredMethod = "json_schema"
-    """How ``with_structured_output`` asks for structure when no method is given (every
-    candidate must take it: ``json_schema`` is a ``response_format``, ``function_calling`` a
-    forced tool call)."""
-
+    _backend: ClassVar[str] = "router"
     _t: _Table = PrivateAttr()
 
     @model_validator(mode="after")
@@ -917,52 +913,6 @@ class ChatRouter(BaseChatModel):
             if aclose is not None:
                 with contextlib.suppress(Exception):
                     await aclose()
-
-    # ------------------------------------------------------------------ tools, structure
-
-    def bind_tools(
-        self,
-        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | Any],
-        *,
-        tool_choice: dict[str, Any] | str | bool | None = None,
-        strict: bool | None = None,
-        parallel_tool_calls: bool | None = None,
-        **kwargs: Any,
-    ) -> Runnable[LanguageModelInput, AIMessage]:
-        """Bind tools in the OpenAI format, as every chat model of the package does: each call
-        passes them to the candidate it is routed to, whose fit check counts them (a candidate
-        they do not fit is passed over). ``tool_choice`` takes a name, "auto", "none",
-        "required"/"any"/True, or an OpenAI tool-choice dict."""
-        return bind_openai_tools(
-            self,
-            tools,
-            tool_choice=tool_choice,
-            strict=strict,
-            parallel_tool_calls=parallel_tool_calls,
-            **kwargs,
-        )
-
-    def with_structured_output(
-        self,
-        schema: dict[str, Any] | type | None = None,
-        *,
-        method: StructuredMethod | None = None,
-        include_raw: bool = False,
-        strict: bool | None = None,
-        **kwargs: Any,
-    ) -> Runnable[LanguageModelInput, dict[str, Any] | Any]:
-        """Answers shaped by ``schema``, as the package's chat models give them (``method``:
-        ``json_schema``, ``function_calling`` or ``json_mode``); an answer cut by
-        ``max_tokens`` raises :class:`~langchain_multillm.errors.IncompleteResponseError`."""
-        return openai_structured_output(
-            self,
-            schema,
-            method=method or self.default_structured_method,
-            include_raw=include_raw,
-            strict=strict,
-            backend="router",
-            **kwargs,
-        )
 
     # ------------------------------------------------------------------ the surface
 

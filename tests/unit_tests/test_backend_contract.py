@@ -32,7 +32,7 @@ from langchain_multillm._base import (
     MultiLLMCompletionModel,
 )
 from langchain_multillm._http import HTTPConnection
-from langchain_multillm._openai import OpenAIChatOverHTTP, ToolsAndStructuredOutputMixin
+from langchain_multillm._openai import OpenAIChatOverHTTP, ToolsAndStructuredOutput
 from langchain_multillm.health import HealthReport
 
 CONTRACT = (
@@ -40,7 +40,7 @@ CONTRACT = (
     MultiLLMChatModel,
     MultiLLMCompletionModel,
     HTTPConnection,
-    ToolsAndStructuredOutputMixin,
+    ToolsAndStructuredOutput,
     OpenAIChatOverHTTP,
 )
 
