@@ -402,7 +402,8 @@ def test_two_instances_share_one_load_and_the_last_release_closes_it(
     a.release()
     a.release()  # idempotent
     assert not eng.closed and llamacpp._MODELS.holders(eng) == 1
-    assert b.invoke("The sky is")  # the other holder still uses it
+    # the other holder still uses it (an answer of any words, an empty one included)
+    assert isinstance(b.invoke("The sky is"), str)
     b.release()
     assert _freed(eng) and llamacpp._MODELS.get(a._engine_key()) is None
     assert a.invoke(Q).content is not None  # a fresh call after release loads again

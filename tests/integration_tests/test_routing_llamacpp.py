@@ -269,11 +269,15 @@ def test_tools_and_structured_output_through_the_router(llama_cpp_available: str
     """``bind_tools`` and ``with_structured_output`` on a router: the tools go with the call to
     the candidate it is routed to and come back as its tool call; the answer is parsed; a
     ``tool_choice`` naming no bound tool is refused before anything is sent."""
+    # Room for the longest JSON the grammars admit, whatever tokens the model picks: llama.cpp's
+    # JSON-schema grammars allow at most one space at each place, so the longest here,
+    # '{ "name" : "set_lamp" , "arguments" : { "on" : false } }', is 56 characters (so at
+    # most 56 tokens); the small window still takes a short prompt with it.
     small = CountingLlamaCpp(
-        model_path=llama_cpp_available, n_ctx=256, n_threads=1, max_tokens=32, temperature=0
+        model_path=llama_cpp_available, n_ctx=256, n_threads=1, max_tokens=64, temperature=0
     )
     large = CountingLlamaCpp(
-        model_path=llama_cpp_available, n_ctx=2048, n_threads=1, max_tokens=32, temperature=0
+        model_path=llama_cpp_available, n_ctx=2048, n_threads=1, max_tokens=64, temperature=0
     )
     router = ChatRouter(models=[small, large], names=["small", "large"], strategy="ordered")
     long_prompt = "Summarize: " + "the river runs past the old mill and on to the sea. " * 40
